@@ -1,0 +1,1 @@
+"""Machinery shared by every method: hooks, validation, the CAM base class."""

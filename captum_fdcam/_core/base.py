@@ -1,0 +1,233 @@
+"""The shared base of every CAM in this library.
+
+A CAM method only says how its channel weights are computed (``_weights``); this
+module runs the forward pass with the layer hooked, selects and checks the
+targets, takes the gradients when the method needs them, and turns weights into
+the map ``sum_k w_k A^k`` exactly as Captum's ``LayerGradCam`` does (ReLU on
+request, upsampling left to :meth:`LayerAttribution.interpolate`).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _run_forward,
+)
+from captum._utils.typing import TargetType
+from captum.attr import GradientAttribution, LayerAttribution
+from torch import Tensor
+from torch.nn import Module
+
+from captum_fdcam._core.hooks import LayerCapture
+from captum_fdcam._core.validation import (
+    check_inputs,
+    check_layer,
+    layer_name,
+    select_target_scores,
+)
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """What one forward (and backward) pass tells about the target layer.
+
+    Attributes:
+        inputs: the formatted inputs, a tuple of tensors (N, ...).
+        target: the target as the user gave it.
+        additional_forward_args: formatted additional arguments of the model.
+        scores: (N,) the score of each example's target (detached).
+        activations: the layer's activations, each (N, K, h, w), detached.
+        gradients: d scores / d activations, each (N, K, h, w); ``None`` for
+            methods that do not use gradients.
+    """
+
+    inputs: tuple[Tensor, ...]
+    target: TargetType
+    additional_forward_args: Any
+    scores: Tensor
+    activations: tuple[Tensor, ...]
+    gradients: tuple[Tensor, ...] | None
+
+
+class LayerCamBase(LayerAttribution):
+    """Shared machinery of the CAM attributions: hooks, targets, maps, checks.
+
+    Subclasses set :attr:`requires_gradients` and implement :meth:`_weights`.
+    """
+
+    #: Whether :meth:`_weights` needs the gradients of the target score.
+    requires_gradients: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layer: Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        r"""
+        Args:
+            forward_func (Callable): The forward function of the model or any
+                modification of it.
+            layer (torch.nn.Module): Layer for which attributions are computed. Its
+                output (or input, with ``attribute_to_layer_input=True``) must be a
+                4-D (N, C, H, W) feature map produced by a single call per forward
+                pass.
+            device_ids (list[int], optional): Accepted for signature compatibility
+                with Captum's ``LayerGradCam``; models split over several devices
+                with ``DataParallel`` are not supported.
+        """
+        check_layer(forward_func, layer)
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+
+    @abstractmethod
+    def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
+        """Weights of the activation's channels, shape (N, K, 1, 1) or (N, K, h, w).
+
+        Args:
+            activation: (N, K, h, w) activations of the layer.
+            gradient: (N, K, h, w) gradient of the target score with respect to
+                ``activation``, or ``None`` when :attr:`requires_gradients` is False.
+            state: everything else the forward pass produced.
+        """
+
+    def _layer_state(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        attribute_to_layer_input: bool,
+        grad_kwargs: dict[str, Any] | None,
+    ) -> LayerState:
+        formatted = _format_tensor_into_tuples(inputs)
+        check_inputs(formatted)
+        extra = _format_additional_forward_args(additional_forward_args)
+        layer = self.layer
+        name = layer_name(self.forward_func, layer)
+        capture = LayerCapture(
+            layer,
+            name,
+            attribute_to_layer_input=attribute_to_layer_input,
+            requires_grad=self.requires_gradients,
+        )
+        # Gradients are needed even when the caller runs under torch.no_grad().
+        with torch.set_grad_enabled(self.requires_gradients), capture:
+            output = _run_forward(self.forward_func, formatted, None, extra)
+        activations = capture.activations
+        scores = select_target_scores(output, target)
+        gradients = None
+        if self.requires_gradients:
+            if not scores.requires_grad:
+                raise ValueError(
+                    f"The target score does not depend on layer {name}: the layer's "
+                    "output is not used to compute the model's output."
+                )
+            grads = torch.autograd.grad(
+                scores,
+                activations,
+                grad_outputs=torch.ones_like(scores),
+                allow_unused=True,
+                **(grad_kwargs or {}),
+            )
+            gradients = tuple(
+                torch.zeros_like(a) if g is None else g for a, g in zip(activations, grads)
+            )
+        return LayerState(
+            inputs=formatted,
+            target=target,
+            additional_forward_args=extra,
+            scores=scores.detach(),
+            activations=tuple(a.detach() for a in activations),
+            gradients=gradients,
+        )
+
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        attr_dim_summation: bool = True,
+        grad_kwargs: dict[str, Any] | None = None,
+    ) -> Tensor | tuple[Tensor, ...]:
+        r"""
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): Input for which attributions are
+                computed, (N, ...) with N the number of examples. A tuple when the
+                model takes several tensors. Must be floating point; not modified.
+            target (int, tuple, Tensor, or list, optional): Output indices to explain
+                (for classification, the class), as in Captum: one int or tuple for
+                all examples, or a list / 1-D tensor with one entry per example.
+                May be omitted only when the model returns one score per example.
+                Default: None
+            additional_forward_args (Any, optional): Further arguments of the
+                forward function, passed after ``inputs``; not attributed.
+                Default: None
+            attribute_to_layer_input (bool, optional): Explain the layer's input
+                instead of its output. Default: False
+            relu_attributions (bool, optional): Apply ReLU to the map, as the
+                papers do. Captum's default (False) keeps the sign. Default: False
+            attr_dim_summation (bool, optional): Sum the weighted activations over
+                the channels (dimension 1). Default: True
+            grad_kwargs (dict, optional): Extra keyword arguments of
+                ``torch.autograd.grad``. Default: None
+
+        Returns:
+            *Tensor* or *tuple[Tensor, ...]* of **attributions**: (N, 1, h, w) at the
+            layer's resolution ((N, K, h, w) with ``attr_dim_summation=False``); a
+            tuple when the layer has several outputs (inputs). Upsample with
+            ``LayerAttribution.interpolate(attr, input.shape[-2:])``.
+        """
+        state = self._layer_state(
+            inputs, target, additional_forward_args, attribute_to_layer_input, grad_kwargs
+        )
+        grads = state.gradients or (None,) * len(state.activations)
+        maps = []
+        with torch.no_grad():
+            for activation, gradient in zip(state.activations, grads):
+                scaled = self._weights(activation, gradient, state) * activation
+                if attr_dim_summation:
+                    scaled = torch.sum(scaled, dim=1, keepdim=True)
+                if relu_attributions:
+                    scaled = F.relu(scaled)
+                maps.append(scaled)
+        return _format_output(len(maps) > 1, tuple(maps))
+
+
+class GradientLayerCam(LayerCamBase, GradientAttribution):
+    """Base of the CAMs whose weights come from one backward pass to the layer."""
+
+    requires_gradients = True
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layer: Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        LayerCamBase.__init__(self, forward_func, layer, device_ids)
+        GradientAttribution.__init__(self, forward_func)
+
+    def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
+        if gradient is None:  # pragma: no cover - the base always passes gradients here
+            raise RuntimeError("gradient-weighted CAM called without gradients")
+        return self._gradient_weights(activation, gradient, state)
+
+    @abstractmethod
+    def _gradient_weights(self, activation: Tensor, gradient: Tensor, state: LayerState) -> Tensor:
+        """Channel weights from activations and gradients, both (N, K, h, w)."""
+
+
+def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator``, with 0 where the denominator is 0."""
+    nonzero = denominator != 0
+    return torch.where(nonzero, numerator / torch.where(nonzero, denominator, 1), 0)

@@ -1,0 +1,135 @@
+"""Forward hooks that capture a layer's activations for the CAM methods.
+
+Written once here so that every method sees the same activations: the layer's
+true output (or input), detached from the graph before the layer and made a leaf
+that requires grad, so that gradients stop at the layer and are computed even for
+frozen models and under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from torch import Tensor
+from torch.nn import Module
+from torch.utils.hooks import RemovableHandle
+
+
+def _as_tensor_tuple(value: Any, layer_name: str, where: str) -> tuple[tuple[Tensor, ...], bool]:
+    """Splits a layer's output (or its positional inputs) into a tuple of tensors.
+
+    Returns the tensors and whether ``value`` was a single tensor.
+    """
+    if isinstance(value, Tensor):
+        return (value,), True
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, Tensor) for v in value):
+        return tuple(value), False
+    raise TypeError(
+        f"The {where} of layer {layer_name} must be a tensor or a tuple of tensors, "
+        f"got {type(value).__name__}."
+    )
+
+
+class LayerCapture:
+    """Context manager recording the activations of ``layer`` during one forward pass.
+
+    Args:
+        layer: the module whose output (or input) is captured.
+        layer_name: name used in error messages.
+        attribute_to_layer_input: capture the layer's positional inputs instead of
+            its output.
+        requires_grad: make the captured activations leaves that require grad, so
+            that ``torch.autograd.grad(score, capture.activations)`` works.
+        replace: optional function mapping the captured activations to the tensors
+            handed to the rest of the network (used by perturbation methods). By
+            default the rest of the network gets a copy of the activations.
+
+    After the ``with`` block, :attr:`activations` holds the captured tensors,
+    each checked to be 4-D (N, C, H, W). The hook is removed when the block
+    exits, also on error.
+    """
+
+    def __init__(
+        self,
+        layer: Module,
+        layer_name: str,
+        attribute_to_layer_input: bool = False,
+        requires_grad: bool = True,
+        replace: Callable[[tuple[Tensor, ...]], Sequence[Tensor]] | None = None,
+    ) -> None:
+        self.layer = layer
+        self.layer_name = layer_name
+        self.attribute_to_layer_input = attribute_to_layer_input
+        self.requires_grad = requires_grad
+        self.replace = replace
+        self.calls = 0
+        self._activations: tuple[Tensor, ...] | None = None
+        self._handle: RemovableHandle | None = None
+
+    @property
+    def activations(self) -> tuple[Tensor, ...]:
+        if self._activations is None:
+            raise ValueError(
+                f"Layer {self.layer_name} was not called during the forward pass: "
+                "choose a module that the model actually runs."
+            )
+        return self._activations
+
+    def _capture(self, value: Any, where: str) -> Any:
+        self.calls += 1
+        if self.calls > 1:
+            raise ValueError(
+                f"Layer {self.layer_name} is called more than once in one forward pass; "
+                "a CAM needs a layer that runs once (modules shared by several parts of "
+                "the network, e.g. one activation module reused, cannot be explained): "
+                "choose another layer or give that call its own module."
+            )
+        tensors, single = _as_tensor_tuple(value, self.layer_name, where)
+        for t in tensors:
+            if t.dim() != 4:
+                raise ValueError(
+                    f"The {where} of layer {self.layer_name} has shape {tuple(t.shape)}; "
+                    "CAM methods need a 4-D (N, C, H, W) feature map: choose a "
+                    "convolutional layer."
+                )
+        # Detaching stops gradients at the layer; the leaf shares storage with the
+        # layer's true output, which nothing else holds: the network downstream gets
+        # a separate tensor, so an in-place op after the layer cannot overwrite it.
+        leaves = tuple(t.detach().requires_grad_(self.requires_grad) for t in tensors)
+        self._activations = leaves
+        if self.replace is not None:
+            passed = tuple(self.replace(leaves))
+        else:
+            passed = tuple(leaf.clone() for leaf in leaves)
+        if single:
+            return passed[0]
+        return type(value)(passed) if isinstance(value, list) else passed
+
+    def _forward_hook(self, module: Module, args: Any, output: Any) -> Any:
+        return self._capture(output, "output")
+
+    def _forward_pre_hook(self, module: Module, args: tuple[Any, ...]) -> Any:
+        replaced = self._capture(args, "input")
+        return replaced if isinstance(replaced, tuple) else (replaced,)
+
+    def __enter__(self) -> LayerCapture:
+        if self.attribute_to_layer_input:
+            self._handle = self.layer.register_forward_pre_hook(self._forward_pre_hook)
+        else:
+            self._handle = self.layer.register_forward_hook(self._forward_hook)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+__all__ = ["LayerCapture"]

@@ -1,0 +1,143 @@
+"""Checks on what users pass in, each failing with a message that names the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from numbers import Integral
+from typing import Any
+
+import torch
+from captum._utils.typing import TargetType
+from torch import Tensor
+from torch.nn import Module
+
+
+def owning_module(forward_func: Callable[..., Any]) -> Module | None:
+    """The ``nn.Module`` behind ``forward_func`` (the module or its bound method), if any."""
+    if isinstance(forward_func, Module):
+        return forward_func
+    owner = getattr(forward_func, "__self__", None)
+    return owner if isinstance(owner, Module) else None
+
+
+def layer_name(forward_func: Callable[..., Any], layer: Module) -> str:
+    """A readable name of ``layer``: its qualified name in the model when known."""
+    model = owning_module(forward_func)
+    if model is not None:
+        for name, module in model.named_modules():
+            if module is layer:
+                return f"'{name or type(model).__name__}' ({type(layer).__name__})"
+    return f"{type(layer).__name__}"
+
+
+def check_layer(forward_func: Callable[..., Any], layer: Module) -> None:
+    """Fails when ``layer`` is not a module, or not part of a module ``forward_func``."""
+    if not isinstance(layer, Module):
+        raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}.")
+    model = owning_module(forward_func)
+    if model is not None and not any(m is layer for m in model.modules()):
+        raise ValueError(
+            f"The layer {type(layer).__name__} is not a submodule of the model "
+            f"{type(model).__name__}: pass a module of this model (e.g. model.layer4)."
+        )
+
+
+def check_inputs(inputs: tuple[Tensor, ...]) -> None:
+    """Inputs must be floating-point tensors sharing the batch dimension."""
+    if not inputs:
+        raise ValueError("inputs is empty: pass at least one input tensor.")
+    for i, x in enumerate(inputs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"inputs[{i}] must be a torch.Tensor, got {type(x).__name__}.")
+        if not torch.is_floating_point(x):
+            raise TypeError(
+                f"inputs[{i}] has dtype {x.dtype}; CAM methods need floating-point inputs "
+                "(convert with .float())."
+            )
+        if x.dim() == 0:
+            raise ValueError(f"inputs[{i}] is a scalar; inputs need a batch dimension.")
+    sizes = {x.shape[0] for x in inputs}
+    if len(sizes) != 1:
+        raise ValueError(f"All inputs must share the batch size, got {sorted(sizes)}.")
+
+
+def _as_index_rows(target: TargetType, n: int) -> list[tuple[int, ...]]:
+    """Turns any of Captum's ``TargetType`` forms into one index tuple per example."""
+
+    def as_tuple(t: Any) -> tuple[int, ...]:
+        items = t if isinstance(t, tuple) else (t,)
+        out = []
+        for item in items:
+            if isinstance(item, Tensor) and item.numel() == 1 and not item.is_floating_point():
+                item = item.item()
+            if isinstance(item, bool) or not isinstance(item, Integral):
+                raise TypeError(
+                    f"target entries must be integers, got {type(item).__name__} ({item!r})."
+                )
+            out.append(int(item))
+        return tuple(out)
+
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target tensor must hold integers, got dtype {target.dtype}.")
+        if target.numel() == 1:
+            return [(int(target.item()),)] * n
+        if target.dim() != 1:
+            raise ValueError(
+                f"target tensor must be a scalar or 1-D with one entry per example, "
+                f"got shape {tuple(target.shape)}."
+            )
+        rows = [(int(v),) for v in target.tolist()]
+    elif isinstance(target, list):
+        rows = [as_tuple(t) for t in target]
+    else:
+        return [as_tuple(target)] * n
+    if len(rows) != n:
+        raise ValueError(
+            f"target has {len(rows)} entries but the batch has {n} examples: give one "
+            "target per example, or a single target for all."
+        )
+    return rows
+
+
+def select_target_scores(output: Tensor, target: TargetType) -> Tensor:
+    """Picks each example's target score from the model output, checking the indices.
+
+    Args:
+        output: model output of shape (N, ...).
+        target: anything Captum's ``TargetType`` allows.
+
+    Returns:
+        Tensor of shape (N,): the score of each example's target.
+    """
+    if not isinstance(output, Tensor) or output.dim() == 0:
+        raise TypeError(
+            "The model must return a tensor with a batch dimension, got "
+            f"{type(output).__name__}{'' if not isinstance(output, Tensor) else ' scalar'}."
+        )
+    n = output.shape[0]
+    if target is None:
+        if output[0].numel() != 1:
+            raise ValueError(
+                f"The model returns {tuple(output.shape[1:])} scores per example: pass target "
+                "(e.g. the class index) to say which one to explain."
+            )
+        return output.reshape(n)
+    rows = _as_index_rows(target, n)
+    score_dims = tuple(output.shape[1:])
+    for row in rows:
+        if len(row) != len(score_dims):
+            raise ValueError(
+                f"target {row if len(row) > 1 else row[0]} has {len(row)} index(es) but the "
+                f"model output has shape {tuple(output.shape)}: give {len(score_dims)} "
+                "index(es) per example."
+            )
+        for idx, size in zip(row, score_dims):
+            if not 0 <= idx < size:
+                raise ValueError(
+                    f"target {row if len(row) > 1 else row[0]} is out of range for the model "
+                    f"output of shape {tuple(output.shape)} (valid: 0 to {size - 1})."
+                )
+    index = torch.tensor(rows, device=output.device, dtype=torch.long)
+    batch = torch.arange(n, device=output.device)
+    return output[(batch, *index.unbind(dim=1))]
