@@ -138,7 +138,8 @@ class LayerCamBase(LayerAttribution):
                 **(grad_kwargs or {}),
             )
             gradients = tuple(
-                torch.zeros_like(a) if g is None else g for a, g in zip(activations, grads)
+                torch.zeros_like(a) if g is None else g
+                for a, g in zip(activations, grads, strict=True)
             )
         return LayerState(
             inputs=formatted,
@@ -193,7 +194,7 @@ class LayerCamBase(LayerAttribution):
         grads = state.gradients or (None,) * len(state.activations)
         maps = []
         with torch.no_grad():
-            for activation, gradient in zip(state.activations, grads):
+            for activation, gradient in zip(state.activations, grads, strict=True):
                 scaled = self._weights(activation, gradient, state) * activation
                 if attr_dim_summation:
                     scaled = torch.sum(scaled, dim=1, keepdim=True)

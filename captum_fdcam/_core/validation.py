@@ -132,7 +132,7 @@ def select_target_scores(output: Tensor, target: TargetType) -> Tensor:
                 f"model output has shape {tuple(output.shape)}: give {len(score_dims)} "
                 "index(es) per example."
             )
-        for idx, size in zip(row, score_dims):
+        for idx, size in zip(row, score_dims, strict=True):
             if not 0 <= idx < size:
                 raise ValueError(
                     f"target {row if len(row) > 1 else row[0]} is out of range for the model "
