@@ -8,11 +8,20 @@ and ``attribute`` signature::
     attr = cam.attribute(images, target=labels, relu_attributions=True)  # (N, 1, h, w)
 """
 
-from captum_fdcam._core.base import GradientLayerCam, LayerCamBase, LayerState
+from captum_fdcam._core.base import (
+    GradientLayerCam,
+    LayerCamBase,
+    LayerState,
+    PerturbationLayerCam,
+)
 from captum_fdcam.methods import (
+    LayerAblationCam,
+    LayerFDCam,
     LayerGradCam,
     LayerGradCamPlusPlus,
+    LayerGroupCam,
     LayerLayerCam,
+    LayerScoreCam,
     LayerXGradCam,
 )
 
@@ -24,16 +33,25 @@ METHODS = {
     "Grad-CAM++": LayerGradCamPlusPlus,
     "XGrad-CAM": LayerXGradCam,
     "Layer-CAM": LayerLayerCam,
+    "Score-CAM": LayerScoreCam,
+    "Ablation-CAM": LayerAblationCam,
+    "Group-CAM": LayerGroupCam,
+    "FD-CAM": LayerFDCam,
 }
 
 __all__ = [
     "METHODS",
     "GradientLayerCam",
+    "LayerAblationCam",
     "LayerCamBase",
+    "LayerFDCam",
     "LayerGradCam",
     "LayerGradCamPlusPlus",
+    "LayerGroupCam",
     "LayerLayerCam",
+    "LayerScoreCam",
     "LayerState",
     "LayerXGradCam",
+    "PerturbationLayerCam",
     "__version__",
 ]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -23,16 +25,19 @@ from captum._utils.common import (
     _run_forward,
 )
 from captum._utils.typing import TargetType
-from captum.attr import GradientAttribution, LayerAttribution
+from captum.attr import GradientAttribution, LayerAttribution, PerturbationAttribution
 from torch import Tensor
 from torch.nn import Module
 
 from captum_fdcam._core.hooks import LayerCapture
+from captum_fdcam._core.perturbation import PerturbationEngine, check_perturbations_per_eval
+from captum_fdcam._core.replay import PreLayerRecorder
 from captum_fdcam._core.validation import (
     check_inputs,
     check_layer,
     layer_name,
     select_target_scores,
+    target_rows,
 )
 
 
@@ -48,6 +53,8 @@ class LayerState:
         activations: the layer's activations, each (N, K, h, w), detached.
         gradients: d scores / d activations, each (N, K, h, w); ``None`` for
             methods that do not use gradients.
+        engine: evaluates perturbed copies of the examples; ``None`` for the
+            gradient-only methods.
     """
 
     inputs: tuple[Tensor, ...]
@@ -56,6 +63,7 @@ class LayerState:
     scores: Tensor
     activations: tuple[Tensor, ...]
     gradients: tuple[Tensor, ...] | None
+    engine: PerturbationEngine | None = None
 
 
 class LayerCamBase(LayerAttribution):
@@ -66,6 +74,11 @@ class LayerCamBase(LayerAttribution):
 
     #: Whether :meth:`_weights` needs the gradients of the target score.
     requires_gradients: ClassVar[bool] = True
+    #: Whether the method evaluates perturbed copies (then ``state.engine`` is set).
+    uses_perturbations: ClassVar[bool] = False
+    #: Whether the method switches the layer's channels (then the reference pass
+    #: records what runs before the layer, to evaluate only what follows it).
+    switches_channels: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -106,21 +119,22 @@ class LayerCamBase(LayerAttribution):
         additional_forward_args: Any,
         attribute_to_layer_input: bool,
         grad_kwargs: dict[str, Any] | None,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
     ) -> LayerState:
         formatted = _format_tensor_into_tuples(inputs)
         check_inputs(formatted)
         extra = _format_additional_forward_args(additional_forward_args)
         layer = self.layer
         name = layer_name(self.forward_func, layer)
-        capture = LayerCapture(
-            layer,
-            name,
-            attribute_to_layer_input=attribute_to_layer_input,
-            requires_grad=self.requires_gradients,
+        capture_factory = partial(
+            LayerCapture, layer, name, attribute_to_layer_input=attribute_to_layer_input
         )
+        capture = capture_factory(requires_grad=self.requires_gradients)
+        recorder = PreLayerRecorder(layer, formatted[0].shape[0])
         # Gradients are needed even when the caller runs under torch.no_grad().
         with torch.set_grad_enabled(self.requires_gradients):
-            with capture:
+            with capture, recorder if self.switches_channels else nullcontext():
                 output = _run_forward(self.forward_func, formatted, None, extra)
             scores = select_target_scores(output, target)
         activations = capture.activations
@@ -142,6 +156,26 @@ class LayerCamBase(LayerAttribution):
             if any(g is None for g in grads):
                 raise unused
             gradients = tuple(grads)
+        engine = None
+        if self.uses_perturbations:
+            if len(activations) != 1:
+                raise ValueError(
+                    f"Layer {name} has {len(activations)} outputs (inputs); perturbation "
+                    "methods explain a single feature map."
+                )
+            engine = PerturbationEngine(
+                forward_func=self.forward_func,
+                inputs=formatted,
+                output=output.detach(),
+                additional_forward_args=extra,
+                target_rows=None if target is None else target_rows(target, len(scores)),
+                perturbations_per_eval=check_perturbations_per_eval(perturbations_per_eval),
+                show_progress=show_progress,
+                layer_name=name,
+                capture_factory=partial(capture_factory, requires_grad=False),
+                attribute_to_layer_input=attribute_to_layer_input,
+                recorder=recorder if self.switches_channels else None,
+            )
         return LayerState(
             inputs=formatted,
             target=target,
@@ -149,7 +183,45 @@ class LayerCamBase(LayerAttribution):
             scores=scores.detach(),
             activations=tuple(a.detach() for a in activations),
             gradients=gradients,
+            engine=engine,
         )
+
+    def _terms(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
+        """The terms whose sum over dimension 1 is the map: ``w_k A^k`` by default."""
+        return self._weights(activation, gradient, state) * activation
+
+    def _attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        attribute_to_layer_input: bool,
+        relu_attributions: bool,
+        attr_dim_summation: bool,
+        grad_kwargs: dict[str, Any] | None,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+    ) -> Tensor | tuple[Tensor, ...]:
+        state = self._layer_state(
+            inputs,
+            target,
+            additional_forward_args,
+            attribute_to_layer_input,
+            grad_kwargs,
+            perturbations_per_eval,
+            show_progress,
+        )
+        grads = state.gradients or (None,) * len(state.activations)
+        maps = []
+        with torch.no_grad():
+            for activation, gradient in zip(state.activations, grads, strict=True):
+                scaled = self._terms(activation, gradient, state)
+                if attr_dim_summation:
+                    scaled = torch.sum(scaled, dim=1, keepdim=True)
+                if relu_attributions:
+                    scaled = F.relu(scaled)
+                maps.append(scaled)
+        return _format_output(len(maps) > 1, tuple(maps))
 
     def attribute(
         self,
@@ -189,20 +261,15 @@ class LayerCamBase(LayerAttribution):
             tuple when the layer has several outputs (inputs). Upsample with
             ``LayerAttribution.interpolate(attr, input.shape[-2:])``.
         """
-        state = self._layer_state(
-            inputs, target, additional_forward_args, attribute_to_layer_input, grad_kwargs
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            attribute_to_layer_input,
+            relu_attributions,
+            attr_dim_summation,
+            grad_kwargs,
         )
-        grads = state.gradients or (None,) * len(state.activations)
-        maps = []
-        with torch.no_grad():
-            for activation, gradient in zip(state.activations, grads, strict=True):
-                scaled = self._weights(activation, gradient, state) * activation
-                if attr_dim_summation:
-                    scaled = torch.sum(scaled, dim=1, keepdim=True)
-                if relu_attributions:
-                    scaled = F.relu(scaled)
-                maps.append(scaled)
-        return _format_output(len(maps) > 1, tuple(maps))
 
 
 class GradientLayerCam(LayerCamBase, GradientAttribution):
@@ -233,3 +300,62 @@ def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / denominator``, with 0 where the denominator is 0."""
     nonzero = denominator != 0
     return torch.where(nonzero, numerator / torch.where(nonzero, denominator, 1), 0)
+
+
+class PerturbationLayerCam(LayerCamBase, PerturbationAttribution):
+    """Base of the CAMs whose weights come from evaluating perturbed copies.
+
+    Adds Captum's ``perturbations_per_eval`` and ``show_progress`` to ``attribute``.
+    Set :attr:`requires_gradients` when the method also uses gradients (FD-CAM)
+    and :attr:`switches_channels` when it perturbs the layer's channels.
+    """
+
+    requires_gradients = False
+    uses_perturbations = True
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layer: Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        LayerCamBase.__init__(self, forward_func, layer, device_ids)
+        PerturbationAttribution.__init__(self, forward_func)
+
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        attr_dim_summation: bool = True,
+        perturbations_per_eval: int = 64,
+        show_progress: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
+    ) -> Tensor | tuple[Tensor, ...]:
+        r"""
+        Args:
+            inputs, target, additional_forward_args, attribute_to_layer_input,
+            relu_attributions, attr_dim_summation, grad_kwargs: as in
+                :meth:`LayerCamBase.attribute` (Captum's ``LayerGradCam``).
+            perturbations_per_eval (int, optional): How many perturbed copies of an
+                example go through the model in one forward call, as in Captum's
+                perturbation methods. Memory grows with it. Default: 64
+            show_progress (bool, optional): Show a progress bar over the perturbed
+                copies. Default: False
+
+        Returns:
+            *Tensor* of **attributions**, (N, 1, h, w) at the layer's resolution.
+        """
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            attribute_to_layer_input,
+            relu_attributions,
+            attr_dim_summation,
+            grad_kwargs,
+            perturbations_per_eval,
+            show_progress,
+        )

@@ -61,7 +61,7 @@ def check_inputs(inputs: tuple[Tensor, ...]) -> None:
         raise ValueError(f"All inputs must share the batch size, got {sorted(sizes)}.")
 
 
-def _as_index_rows(target: TargetType, n: int) -> list[tuple[int, ...]]:
+def target_rows(target: TargetType, n: int) -> list[tuple[int, ...]]:
     """Turns any of Captum's ``TargetType`` forms into one index tuple per example."""
 
     def as_tuple(t: Any) -> tuple[int, ...]:
@@ -123,7 +123,7 @@ def select_target_scores(output: Tensor, target: TargetType) -> Tensor:
                 "(e.g. the class index) to say which one to explain."
             )
         return output.reshape(n)
-    rows = _as_index_rows(target, n)
+    rows = target_rows(target, n)
     score_dims = tuple(output.shape[1:])
     for row in rows:
         if len(row) != len(score_dims):

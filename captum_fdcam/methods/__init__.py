@@ -6,5 +6,16 @@ from captum_fdcam.methods.gradient import (
     LayerLayerCam,
     LayerXGradCam,
 )
+from captum_fdcam.methods.score import LayerGroupCam, LayerScoreCam
+from captum_fdcam.methods.switching import LayerAblationCam, LayerFDCam
 
-__all__ = ["LayerGradCam", "LayerGradCamPlusPlus", "LayerLayerCam", "LayerXGradCam"]
+__all__ = [
+    "LayerAblationCam",
+    "LayerFDCam",
+    "LayerGradCam",
+    "LayerGradCamPlusPlus",
+    "LayerGroupCam",
+    "LayerLayerCam",
+    "LayerScoreCam",
+    "LayerXGradCam",
+]

@@ -1,0 +1,245 @@
+"""The perturbation engine shared by Score-CAM, Group-CAM, Ablation-CAM and FD-CAM.
+
+Perturbed copies of one example are evaluated in batches of
+``perturbations_per_eval`` (Captum's name and meaning), with an optional progress
+bar (``show_progress``), and identical perturbations are evaluated once. Two
+kinds of perturbation:
+
+- of the input (:meth:`PerturbationEngine.input_scores`): full forward passes;
+- of the layer's channels (:meth:`PerturbationEngine.switch_scores`): only the
+  network after the layer runs (see :mod:`captum_fdcam._core.replay`), with a
+  one-time warning and full forward passes where the model does not allow it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from captum._utils.progress import progress as captum_progress
+from torch import Tensor
+
+from captum_fdcam._core.hooks import LayerCapture
+from captum_fdcam._core.replay import PreLayerRecorder, ReplayError, replay
+from captum_fdcam._core.validation import select_target_scores
+
+ScoreType = Literal["logit", "probability"]
+
+
+def check_score_type(score: str) -> ScoreType:
+    if score not in ("logit", "probability"):
+        raise ValueError(f"score must be 'logit' or 'probability', got {score!r}.")
+    return score  # type: ignore[return-value]
+
+
+def check_perturbations_per_eval(perturbations_per_eval: int) -> int:
+    if (
+        isinstance(perturbations_per_eval, bool)
+        or not isinstance(perturbations_per_eval, int)
+        or perturbations_per_eval < 1
+    ):
+        raise ValueError(
+            f"perturbations_per_eval must be a positive integer, got {perturbations_per_eval!r}."
+        )
+    return perturbations_per_eval
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(total, start + size)
+
+
+def unique_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Unique rows of a (M, ...) tensor and, for each row, the index of its unique row."""
+    unique, inverse = torch.unique(rows.flatten(1), dim=0, return_inverse=True)
+    return unique.view(-1, *rows.shape[1:]), inverse
+
+
+@dataclass
+class PerturbationEngine:
+    """Evaluates perturbed copies of each example of a batch, in chunks.
+
+    Built by the CAM base for one ``attribute`` call; methods use it through
+    :meth:`input_scores` and :meth:`switch_scores`.
+    """
+
+    forward_func: Callable[..., Tensor]
+    inputs: tuple[Tensor, ...]
+    output: Tensor
+    additional_forward_args: Any
+    target_rows: list[tuple[int, ...]] | None
+    perturbations_per_eval: int
+    show_progress: bool
+    layer_name: str
+    capture_factory: Callable[..., LayerCapture]
+    attribute_to_layer_input: bool = False
+    recorder: PreLayerRecorder | None = None
+    _bar: Any = None
+    _fallback_warned: bool = field(default=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs[0].shape[0]
+
+    # ----------------------------------------------------------------- helpers
+
+    def _example_args(self, sample: int, rows: int) -> tuple[Any, ...]:
+        """Additional forward args of example ``sample``, expanded to ``rows``."""
+        if self.additional_forward_args is None:
+            return ()
+        out = []
+        for arg in self.additional_forward_args:
+            if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == self.batch_size:
+                arg = arg[sample : sample + 1].expand(rows, *arg.shape[1:])
+            out.append(arg)
+        return tuple(out)
+
+    def _scores(self, output: Tensor, sample: int, score: ScoreType) -> Tensor:
+        if score == "probability":
+            if output.dim() < 2:
+                raise ValueError("score='probability' needs a model output of shape (N, C, ...).")
+            output = output.softmax(dim=1)
+        rows = None if self.target_rows is None else [self.target_rows[sample]] * len(output)
+        return select_target_scores(output, rows)
+
+    def _forward(self, inputs: tuple[Tensor, ...], sample: int) -> Tensor:
+        return self.forward_func(*inputs, *self._example_args(sample, inputs[0].shape[0]))
+
+    def reference(self, sample: int, score: ScoreType) -> Tensor:
+        """The unperturbed target score of example ``sample`` (0-d tensor)."""
+        return self._scores(self.output[sample : sample + 1], sample, score)[0]
+
+    @contextmanager
+    def progress(self, total: int, desc: str) -> Iterator[None]:
+        """Shows a progress bar over ``total`` perturbations when ``show_progress``."""
+        if self.show_progress:
+            self._bar = captum_progress(desc=desc, total=total)
+        try:
+            yield
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+
+    def _advance(self, count: int) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    # ------------------------------------------------------- input perturbation
+
+    @torch.no_grad()
+    def input_scores(
+        self,
+        sample: int,
+        count: int,
+        make_inputs: Callable[[int, int], tuple[Tensor, ...]],
+        score: ScoreType,
+    ) -> Tensor:
+        """Scores of ``count`` perturbed inputs of example ``sample``.
+
+        Args:
+            sample: the example's index in the batch.
+            count: the number of perturbed inputs.
+            make_inputs: ``(start, stop) -> inputs`` of the perturbations
+                ``start:stop``, each tensor of shape (stop - start, ...).
+            score: ``'logit'`` or ``'probability'`` (softmax over dimension 1).
+
+        Returns:
+            (count,) target scores.
+        """
+        out = []
+        for start, stop in _chunks(count, self.perturbations_per_eval):
+            output = self._forward(make_inputs(start, stop), sample)
+            out.append(self._scores(output, sample, score))
+            self._advance(stop - start)
+        return torch.cat(out) if out else torch.zeros(0, device=self.inputs[0].device)
+
+    # ----------------------------------------------------- channel switching
+
+    @torch.no_grad()
+    def switch_scores(
+        self,
+        sample: int,
+        activation: Tensor,
+        keep: Tensor,
+        reference: Tensor,
+        score: ScoreType,
+    ) -> Tensor:
+        """Scores of the network after the layer on channel-switched activations.
+
+        Args:
+            sample: the example's index in the batch.
+            activation: (K, h, w) the example's activations at the layer.
+            keep: (M, K) boolean, the channels kept (switched on) in each copy.
+            reference: the example's unswitched score, in the same ``score`` unit.
+            score: ``'logit'`` or ``'probability'``.
+
+        Returns:
+            (M,) target scores. Copies whose switched activations are identical
+            (they differ only on all-zero channels) are evaluated once; a copy equal
+            to the unswitched activation gets ``reference`` without evaluation.
+        """
+        live = activation.flatten(1).ne(0).any(dim=1)
+        effective = keep & live
+        unique, inverse = unique_rows(effective)
+        is_reference = (unique == live).all(dim=1)
+        todo = torch.nonzero(~is_reference).flatten()
+        scores = torch.empty(len(unique), dtype=reference.dtype, device=reference.device)
+        scores[is_reference] = reference
+        # The first batch carries the unswitched activation too: if the short-cut
+        # forward does not reproduce the reference score, it is not trusted.
+        check = self.recorder is not None
+        for start, stop in _chunks(len(todo), self.perturbations_per_eval):
+            masks = unique[todo[start:stop]]
+            if check:
+                masks = torch.cat([live[None], masks])
+            copies = activation[None] * masks[:, :, None, None].to(activation.dtype)
+            result = self._switched_forward(sample, copies, reference, score, check)
+            if check:
+                result = result[1:]
+                check = False
+            scores[todo[start:stop]] = result.to(scores.dtype)
+            self._advance(stop - start)
+        self._advance(len(effective) - len(todo))
+        return scores[inverse]
+
+    def _switched_forward(
+        self, sample: int, copies: Tensor, reference: Tensor, score: ScoreType, check: bool
+    ) -> Tensor:
+        rows = copies.shape[0]
+        inputs = tuple(x[sample : sample + 1].expand(rows, *x.shape[1:]) for x in self.inputs)
+        if self.recorder is not None and self.recorder.usable:
+            try:
+                output = replay(
+                    lambda: self._forward(inputs, sample),
+                    self.recorder,
+                    sample,
+                    copies,
+                    self.attribute_to_layer_input,
+                )
+                result = self._scores(output, sample, score)
+                if not check or torch.allclose(
+                    result[0], reference, rtol=1e-3, atol=1e-4 * (1 + reference.abs().item())
+                ):
+                    return result
+                reason = "the unswitched copy did not reproduce the model's score"
+            except (ReplayError, RuntimeError, ValueError, IndexError) as err:
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self.recorder = None
+            if not self._fallback_warned:
+                warnings.warn(
+                    f"captum_fdcam: cannot run only the network after layer {self.layer_name} "
+                    f"({reason}); falling back to full forward passes for the switched "
+                    "copies (correct, but the part before the layer is recomputed).",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self._fallback_warned = True
+        capture = self.capture_factory(replace=lambda _: (copies,))
+        with capture:
+            output = self._forward(inputs, sample)
+        return self._scores(output, sample, score)

@@ -1,0 +1,198 @@
+"""Channel-switching CAMs: Ablation-CAM and FD-CAM.
+
+Both switch channels of the layer's activations off (or on) and measure the
+change of the target score. Only the network after the layer runs for the
+switched copies (see :mod:`captum_fdcam._core.replay`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from captum.attr import GradientAttribution
+from torch import Tensor
+from torch.nn import Module
+
+from captum_fdcam._core.base import LayerState, PerturbationLayerCam, safe_divide
+from captum_fdcam._core.perturbation import check_score_type
+
+
+def _per_channel(weights: list[Tensor]) -> Tensor:
+    """Stacks per-example (K,) weights to (N, K, 1, 1)."""
+    return torch.stack(weights)[:, :, None, None]
+
+
+class LayerAblationCam(PerturbationLayerCam):
+    r"""Ablation-CAM: the relative drop of the target score when a channel is removed.
+
+    .. math:: w_k = \frac{y_c - y_c^{k\,\mathrm{off}}}{y_c}
+
+    with :math:`y_c^{k\,\mathrm{off}}` the score with channel k of the layer's
+    activations set to 0. Where :math:`y_c = 0` the weights are 0.
+
+    Cost: one forward pass, then K copies through the network after the layer only
+    (in batches of ``perturbations_per_eval``); all-zero channels cost nothing.
+
+    Desai and Ramaswamy, "Ablation-CAM: Visual Explanations for Deep Convolutional
+    Network via Gradient-free Localization", WACV 2020.
+
+    Args:
+        forward_func, layer, device_ids: as in Captum's ``LayerGradCam``.
+        score: ``'logit'`` (default, as the paper) or ``'probability'``.
+    """
+
+    switches_channels = True
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layer: Module,
+        device_ids: list[int] | None = None,
+        *,
+        score: Literal["logit", "probability"] = "logit",
+    ) -> None:
+        super().__init__(forward_func, layer, device_ids)
+        self.score = check_score_type(score)
+
+    def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
+        engine = state.engine
+        assert engine is not None
+        n, k = activation.shape[:2]
+        keep = ~torch.eye(k, dtype=torch.bool, device=activation.device)
+        weights = []
+        with engine.progress(n * k, "Ablation-CAM"):
+            for i in range(n):
+                reference = engine.reference(i, self.score)
+                off = engine.switch_scores(i, activation[i], keep, reference, self.score)
+                weights.append(safe_divide(reference - off, reference.expand_as(off)))
+        return _per_channel(weights).to(activation.dtype)
+
+
+def cosine_similarity_matrix(activation: Tensor) -> Tensor:
+    """(K, K) cosine similarities of the flattened channels of (K, h, w); 0 for zero-norm."""
+    flat = activation.flatten(1)
+    norms = flat.norm(dim=1)
+    return safe_divide(flat @ flat.T, norms[:, None] * norms[None, :])
+
+
+def similarity_groups(activation: Tensor, group_fraction: float | None) -> Tensor:
+    """FD-CAM's channel groups, eq. (5): row k marks the group of channel k.
+
+    Channel l is in the group of k when ``cos(A^k, A^l)`` is above the
+    ``1 - group_fraction`` quantile of row k (linear interpolation, as
+    ``torch.quantile`` and the authors' code), so the top ``group_fraction`` of
+    channels are in; k itself always is. ``group_fraction=None``: groups of one.
+    """
+    k = activation.shape[0]
+    eye = torch.eye(k, dtype=torch.bool, device=activation.device)
+    if group_fraction is None:
+        return eye
+    similarity = cosine_similarity_matrix(activation)
+    threshold = torch.quantile(similarity, 1.0 - group_fraction, dim=1, keepdim=True)
+    return (similarity > threshold) | eye
+
+
+def min_max(values: Tensor) -> Tensor:
+    """Min-max normalisation of a vector to [0, 1]; a constant vector gives zeros."""
+    low, high = values.min(), values.max()
+    return safe_divide(values - low, (high - low).expand_as(values))
+
+
+class LayerFDCam(PerturbationLayerCam, GradientAttribution):
+    r"""FD-CAM: gradient weights scaled by grouped channel-switching scores.
+
+    For each channel k (Li et al., Sec. III):
+
+    1. :math:`\alpha_k`: Grad-CAM's weight (spatially averaged gradient).
+    2. :math:`G(A^k)`: the channels most similar to k by cosine similarity of their
+       flattened maps (the top ``group_fraction``, 5% by default; eq. 4-5).
+    3. Switch-off score :math:`s^-_k = y_c - y_c(G(A^k)\ \mathrm{off})` and
+       switch-on score :math:`s^+_k = y_c(\mathrm{only}\ G(A^k)\ \mathrm{on})`,
+       :math:`s_k = (s^-_k + s^+_k)/2` (eq. 6-8).
+    4. Min-max normalise over the channels of the image: :math:`\hat\alpha, \hat s`.
+    5. :math:`w_k = \hat\alpha_k e^{\hat s_k} - b`, b = 0.5 (eq. 10).
+
+    Map: :math:`\mathrm{ReLU}(\sum_k w_k A^k)` with ``relu_attributions=True`` (eq. 11).
+
+    Every variant of the paper's ablation tables (III, IV) is reachable:
+    ``group_fraction=None`` (no grouping), ``switch='off'`` (switch-off score
+    only), ``combination='linear'`` (:math:`\hat\alpha \hat s - b`) or ``'exp'``,
+    any ``bias`` b. Scores are logits by default, as in the authors' code.
+
+    Cost: one forward and one backward pass, then 2K switched copies through the
+    network after the layer only (K with ``switch='off'``), in batches of
+    ``perturbations_per_eval``; identical copies are evaluated once.
+
+    Li, Li, Ma and Wu, "FD-CAM: Improving Faithfulness and Discriminability of
+    Visual Explanation for CNNs", ICPR 2022. https://arxiv.org/abs/2206.08792
+
+    Args:
+        forward_func, layer, device_ids: as in Captum's ``LayerGradCam``.
+        group_fraction: share of the most similar channels in each group, in
+            (0, 1]; ``None`` for no grouping. Default: 0.05
+        switch: ``'both'`` (switch-off and switch-on, the paper) or ``'off'``.
+        combination: ``'exp'`` (:math:`\hat\alpha e^{\hat s} - b`, eq. 10) or
+            ``'linear'`` (:math:`\hat\alpha \hat s - b`).
+        bias: b in eq. 10. Default: 0.5
+        score: ``'logit'`` (default) or ``'probability'``.
+    """
+
+    requires_gradients = True
+    switches_channels = True
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layer: Module,
+        device_ids: list[int] | None = None,
+        *,
+        group_fraction: float | None = 0.05,
+        switch: Literal["both", "off"] = "both",
+        combination: Literal["exp", "linear"] = "exp",
+        bias: float = 0.5,
+        score: Literal["logit", "probability"] = "logit",
+    ) -> None:
+        PerturbationLayerCam.__init__(self, forward_func, layer, device_ids)
+        GradientAttribution.__init__(self, forward_func)
+        if group_fraction is not None and not 0.0 < group_fraction <= 1.0:
+            raise ValueError(f"group_fraction must be in (0, 1] or None, got {group_fraction}.")
+        if switch not in ("both", "off"):
+            raise ValueError(f"switch must be 'both' or 'off', got {switch!r}.")
+        if combination not in ("exp", "linear"):
+            raise ValueError(f"combination must be 'exp' or 'linear', got {combination!r}.")
+        self.group_fraction = group_fraction
+        self.switch = switch
+        self.combination = combination
+        self.bias = float(bias)
+        self.score = check_score_type(score)
+
+    def switching_scores(self, activation: Tensor, state: LayerState, sample: int) -> Tensor:
+        """The grouped channel-switching scores :math:`s_k` of one example, (K,)."""
+        engine = state.engine
+        assert engine is not None
+        groups = similarity_groups(activation, self.group_fraction)
+        reference = engine.reference(sample, self.score)
+        k = activation.shape[0]
+        if self.switch == "off":
+            return reference - engine.switch_scores(
+                sample, activation, ~groups, reference, self.score
+            )
+        scores = engine.switch_scores(
+            sample, activation, torch.cat([~groups, groups]), reference, self.score
+        )
+        return ((reference - scores[:k]) + scores[k:]) / 2
+
+    def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
+        assert gradient is not None and state.engine is not None
+        alpha = gradient.mean(dim=(2, 3))
+        n, k = activation.shape[:2]
+        weights = []
+        with state.engine.progress(n * k * (2 if self.switch == "both" else 1), "FD-CAM"):
+            for i in range(n):
+                s_hat = min_max(self.switching_scores(activation[i], state, i).to(alpha.dtype))
+                a_hat = min_max(alpha[i])
+                scale = torch.exp(s_hat) if self.combination == "exp" else s_hat
+                weights.append(a_hat * scale - self.bias)
+        return _per_channel(weights)
