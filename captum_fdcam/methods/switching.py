@@ -8,9 +8,10 @@ switched copies (see :mod:`captum_fdcam._core.replay`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+from captum._utils.typing import TargetType
 from captum.attr import GradientAttribution
 from torch import Tensor
 from torch.nn import Module
@@ -183,6 +184,32 @@ class LayerFDCam(PerturbationLayerCam, GradientAttribution):
             sample, activation, torch.cat([~groups, groups]), reference, self.score
         )
         return ((reference - scores[:k]) + scores[k:]) / 2
+
+    def channel_scores(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        perturbations_per_eval: int = 64,
+    ) -> Tensor:
+        """The grouped channel-switching scores :math:`s_k` alone (before normalisation).
+
+        Returns:
+            (N, K) scores, for analysis and for the paper's ablations.
+        """
+        state = self._layer_state(
+            inputs,
+            target,
+            additional_forward_args,
+            attribute_to_layer_input,
+            None,
+            perturbations_per_eval,
+        )
+        (activation,) = state.activations
+        return torch.stack(
+            [self.switching_scores(activation[i], state, i) for i in range(len(activation))]
+        )
 
     def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
         assert gradient is not None and state.engine is not None
