@@ -354,3 +354,19 @@ def test_layer_not_on_the_path_to_the_output() -> None:
     model = Branch()
     with pytest.raises(ValueError, match="does not depend on layer"):
         LayerGradCam(model, model.side).attribute(torch.randn(1, 3, 4, 4), 0)
+
+
+def test_no_graph_is_built_before_the_layer() -> None:
+    # the part before the layer needs no autograd graph: it runs with gradients off,
+    # the part after it with gradients on (what the backward pass to the layer needs)
+    model = SmallCNN().eval()
+    seen: dict[str, bool] = {}
+    model.features[0].register_forward_hook(
+        lambda *_: seen.setdefault("before", torch.is_grad_enabled())
+    )
+    model.head[1].register_forward_hook(
+        lambda *_: seen.setdefault("after", torch.is_grad_enabled())
+    )
+    LayerGradCam(model, model.features[3]).attribute(torch.randn(1, 3, 8, 8), 0)
+    assert seen == {"before": False, "after": True}
+    assert torch.is_grad_enabled()

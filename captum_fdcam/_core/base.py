@@ -132,10 +132,13 @@ class LayerCamBase(LayerAttribution):
         )
         capture = capture_factory(requires_grad=self.requires_gradients)
         recorder = PreLayerRecorder(layer, formatted[0].shape[0])
-        # Gradients are needed even when the caller runs under torch.no_grad().
-        with torch.set_grad_enabled(self.requires_gradients):
+        # Nothing before the layer needs a graph: the forward pass starts without one
+        # and the layer's hook switches gradients on (also when the caller runs under
+        # torch.no_grad()), which saves the memory of the pre-layer graph.
+        with torch.set_grad_enabled(False):
             with capture, recorder if self.switches_channels else nullcontext():
                 output = _run_forward(self.forward_func, formatted, None, extra)
+        with torch.set_grad_enabled(self.requires_gradients):
             scores = select_target_scores(output, target)
         activations = capture.activations
         gradients = None

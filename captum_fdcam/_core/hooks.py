@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.utils.hooks import RemovableHandle
@@ -97,6 +98,10 @@ class LayerCapture:
         # Detaching stops gradients at the layer; the leaf shares storage with the
         # layer's true output, which nothing else holds: the network downstream gets
         # a separate tensor, so an in-place op after the layer cannot overwrite it.
+        if self.requires_grad:
+            # The caller runs the layers before this one without a graph; the rest of
+            # the forward pass needs one. The caller's grad-mode context restores it.
+            torch.set_grad_enabled(True)
         leaves = tuple(t.detach().requires_grad_(self.requires_grad) for t in tensors)
         self._activations = leaves
         if self.replace is not None:
