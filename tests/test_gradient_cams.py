@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torchvision
@@ -361,12 +363,15 @@ def test_no_graph_is_built_before_the_layer() -> None:
     # the part after it with gradients on (what the backward pass to the layer needs)
     model = SmallCNN().eval()
     seen: dict[str, bool] = {}
-    model.features[0].register_forward_hook(
-        lambda *_: seen.setdefault("before", torch.is_grad_enabled())
-    )
-    model.head[1].register_forward_hook(
-        lambda *_: seen.setdefault("after", torch.is_grad_enabled())
-    )
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(*_: object) -> None:
+            seen[name] = torch.is_grad_enabled()
+
+        return hook
+
+    model.features[0].register_forward_hook(record("before"))
+    model.head[1].register_forward_hook(record("after"))
     LayerGradCam(model, model.features[3]).attribute(torch.randn(1, 3, 8, 8), 0)
     assert seen == {"before": False, "after": True}
     assert torch.is_grad_enabled()
