@@ -19,25 +19,29 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import datetime
-import gc
 import json
-import math
 import os
-import platform
 import shlex
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import (
+    IMAGE_SIZE,
+    MODEL_SEED,
+    add_measuring_arguments,
+    build,
+    environment,
+    fmt,
+    measure_calls,
+    short_error,
+    worker_main,
+)
+from _common import measure as measure_in_subprocess
 
 METHODS = ("Grad-CAM", "Grad-CAM++", "XGrad-CAM", "Layer-CAM")
 OURS = "captum_fdcam"
@@ -58,75 +62,9 @@ PEERS: dict[str, dict[str, str]] = {
         "Layer-CAM": "LayerCAM",
     },
 }
-IMAGE_SIZE = 224
-NUM_CLASSES = 1000
-MODEL_SEED = 0
-INPUT_SEED = 1
-MIB = 1024 * 1024
-#: glibc settings of ``--tune-malloc``: never give the heap back to the OS, and serve
-#: allocations up to 32 MiB from the heap, so no call pays page faults for memory that
-#: an earlier call freed.
-TUNED_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_THRESHOLD_": str(2**25)}
 
 
 # --------------------------------------------------------------------------- worker
-
-
-def _proc_status_kib(field: str) -> int:
-    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM), in KiB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def _release_free_memory() -> None:
-    """Collects garbage and hands glibc's free heap back to the OS, so RSS is tight."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: RSS may include free heap
-        pass
-
-
-def _reset_peak_rss() -> bool:
-    """Resets VmHWM to the current RSS (Linux >= 4.0); False when not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def cpu_busy_s() -> float:
-    """CPU seconds spent busy by the whole machine since boot (all CPUs, /proc/stat)."""
-    with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def _build(model_name: str, batch: int) -> tuple[Any, Any, Any, list[int]]:
-    """The seeded model (eval mode, random weights), its layer, the input and targets."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(MODEL_SEED)
-    if model_name == "resnet18":
-        model = torchvision.models.resnet18().eval()
-        layer = model.layer4
-    elif model_name == "vgg16":
-        model = torchvision.models.vgg16().eval()
-        layer = model.features[-1]
-    else:
-        raise ValueError(f"unknown model {model_name!r}")
-    generator = torch.Generator().manual_seed(INPUT_SEED)
-    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    targets = torch.randint(NUM_CLASSES, (batch,), generator=generator).tolist()
-    return model, layer, x, targets
 
 
 def _make_call(
@@ -207,70 +145,25 @@ def _make_call(
     raise ValueError(f"unknown implementation {impl!r}")
 
 
-def _own_cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
 def run_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Measures one configuration: peak memory of the first call, then the timings."""
     import torch
 
     torch.set_num_threads(config["threads"])
-    model, layer, x, targets = _build(config["model"], config["batch"])
+    model, layer, x, targets = build(config["model"], config["batch"])
     call, release = _make_call(config["impl"], config["method"], model, layer, x, targets)
-
     # Peak memory of the first call (which is also the warm-up of the timings).
-    _release_free_memory()
-    peak_reset = _reset_peak_rss()
-    baseline_kib = _proc_status_kib("VmRSS")
-    start = time.perf_counter()
-    maps = call()
-    first_s = time.perf_counter() - start
-    peak_kib = _proc_status_kib("VmHWM")
-
-    # Fewer repeats where one call is slow, so the whole run stays short.
-    repeats = max(
-        min(2, config["repeats"]),
-        min(config["repeats"], math.floor(config["max_seconds"] / max(first_s, 1e-9))),
-    )
-    times = []
-    busy_start, own_start, wall_start = cpu_busy_s(), _own_cpu_s(), time.perf_counter()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    # Share of the machine's CPUs that other processes used while we were timing.
-    foreign_s = (cpu_busy_s() - busy_start) - (_own_cpu_s() - own_start)
-    foreign_share = foreign_s / ((time.perf_counter() - wall_start) * (os.cpu_count() or 1))
+    maps, result = measure_calls(call, config["repeats"], config["max_seconds"])
     release()
 
     if config.get("maps_path") and config["impl"] != FLOOR:
         array = maps.detach().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
         np.save(config["maps_path"], array.astype(np.float32))
-    median_s = statistics.median(times)
-    return {
-        "first_call_s": first_s,
-        "times_s": times,
-        "repeats": repeats,
-        "median_s": median_s,
-        "s_per_image": median_s / config["batch"],
-        "baseline_rss_mib": baseline_kib / 1024,
-        "peak_extra_mib": (peak_kib - baseline_kib) / 1024,
-        "peak_reset": peak_reset,
-        "foreign_cpu_share": max(foreign_share, 0.0),
+    result.pop("extra")
+    return result | {
+        "s_per_image": result["median_s"] / config["batch"],
         "threads": torch.get_num_threads(),
     }
-
-
-def worker_main(config_json: str) -> None:
-    """Entry point of the subprocess: prints one JSON line, errors included."""
-    config = json.loads(config_json)
-    try:
-        result: dict[str, Any] = run_worker(config)
-    except Exception as exc:  # a peer's failure is a result, not a crash
-        result = {"error": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(result), flush=True)
 
 
 # --------------------------------------------------------------------------- parent
@@ -315,66 +208,6 @@ def build_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return configs
 
 
-def run_config(
-    config: dict[str, Any], timeout_s: float, env: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """Runs one configuration in a fresh interpreter and returns its result."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(config)]
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:.0f} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        return {"error": f"worker exited with {proc.returncode}: {tail}"}
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float) -> tuple[float, float]:
-    """Waits until other processes use less than ``threshold`` of the CPUs.
-
-    Returns the seconds waited and the last share measured (over 0.5 s).
-    """
-    start = time.perf_counter()
-    while True:
-        busy = cpu_busy_s()
-        time.sleep(0.5)
-        share = (cpu_busy_s() - busy) / (0.5 * (os.cpu_count() or 1))
-        waited = time.perf_counter() - start
-        if share < threshold or waited > max_wait_s:
-            return waited, share
-
-
-def measure(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Runs a configuration when the machine is quiet; re-runs it if others took the CPUs.
-
-    Keeps the run during which other processes used the least CPU.
-    """
-    best: dict[str, Any] | None = None
-    for attempt in range(args.retries + 1):
-        waited, share = wait_for_quiet(args.max_wait, args.max_foreign)
-        if waited > 1:
-            print(f"    waited {waited:.0f} s for other processes (load {share:.0%})", flush=True)
-        env = os.environ | TUNED_MALLOC if args.tune_malloc else None
-        result = run_config(config, args.timeout, env)
-        result["attempts"] = attempt + 1
-        if "error" in result:
-            return result
-        if best is None or result["foreign_cpu_share"] < best["foreign_cpu_share"]:
-            best = result | {"attempts": attempt + 1}
-        if result["foreign_cpu_share"] <= args.max_foreign:
-            break
-        print(
-            f"    other processes used {result['foreign_cpu_share']:.0%} of the CPUs: "
-            f"{'measuring again' if attempt < args.retries else 'keeping the least disturbed run'}",
-            flush=True,
-        )
-    assert best is not None
-    return best
-
-
 def _key(config: dict[str, Any], impl: str | None = None) -> tuple[Any, ...]:
     return (config["model"], config["batch"], impl or config["impl"], config["method"])
 
@@ -393,15 +226,6 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             row["peer_over_ours"] = row["s_per_image"] / ours["s_per_image"]
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def _short_error(error: str, limit: int = 80) -> str:
-    error = error.replace("|", "/").replace("\n", " ")
-    return error if len(error) <= limit else error[: limit - 1] + "…"
-
-
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     header = (
         "| model | batch | method | implementation | s / image | × floor | peer / ours "
@@ -414,13 +238,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         impl = f"**{impl}**" if row["impl"] == OURS else impl
         cells = [row["model"], str(row["batch"]), row["method"] or "—", impl]
         if "error" in row:
-            cells += [f"error: {_short_error(row['error'])}", "", "", "", "", "", ""]
+            cells += [f"error: {short_error(row['error'])}", "", "", "", "", "", ""]
         else:
             agreement = row.get("agreement")
             if agreement is None:
                 agree = "—"
             elif agreement.get("error"):
-                agree = f"error: {_short_error(agreement['error'])}"
+                agree = f"error: {short_error(agreement['error'])}"
             elif agreement["mean"] is None:
                 agree = f"undefined (0/{agreement['n']} non-constant)"
             else:
@@ -429,8 +253,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                     agree += f" ({agreement['n_defined']}/{agreement['n']} defined)"
             cells += [
                 f"{row['s_per_image']:.4f}",
-                _fmt(row.get("ratio_to_floor"), ".2f"),
-                _fmt(row.get("peer_over_ours"), ".2f"),
+                fmt(row.get("ratio_to_floor"), ".2f"),
+                fmt(row.get("peer_over_ours"), ".2f"),
                 f"{row['peak_extra_mib']:.0f}",
                 agree,
                 str(row["repeats"]),
@@ -438,41 +262,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return header + "\n".join(lines) + "\n"
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def environment(args: argparse.Namespace, command: str) -> dict[str, Any]:
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": command,
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "worker_env": TUNED_MALLOC if args.tune_malloc else {},
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {
-            dist: _version(dist)
-            for dist in ("torch", "torchvision", "captum", "grad-cam", "torchcam", "captum-fdcam")
-        },
-    }
 
 
 def markdown_report(env: dict[str, Any], rows: list[dict[str, Any]], total_s: float) -> str:
@@ -537,31 +326,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=10.0,
         help="fewer repeats (at least 2) where they would take longer than this",
     )
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke test: resnet18, batch 1, 1 repeat; writes gradient_cams_quick.*",
     )
-    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per configuration")
-    parser.add_argument(
-        "--max-foreign",
-        type=float,
-        default=0.1,
-        help="share of the CPUs other processes may use during a measurement; above it, "
-        "wait before and measure again after (up to --retries times)",
-    )
-    parser.add_argument("--retries", type=int, default=2)
-    parser.add_argument(
-        "--tune-malloc",
-        action="store_true",
-        help="run the workers with glibc's heap trimming off (MALLOC_TRIM_THRESHOLD_, "
-        "MALLOC_MMAP_THRESHOLD_), removing page-fault costs that depend on allocation order",
-    )
-    parser.add_argument(
-        "--max-wait", type=float, default=120.0, help="longest wait for a quiet machine (s)"
-    )
+    add_measuring_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -577,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_cams_") as tmp:
         for i, config in enumerate(configs, 1):
             maps_path = Path(tmp) / f"{i}.npy"
-            result = measure(config | {"maps_path": str(maps_path)}, args)
+            result = measure_in_subprocess(__file__, config | {"maps_path": str(maps_path)}, args)
             row = {k: config[k] for k in ("model", "batch", "impl", "method")} | result
             if "error" not in row and config["impl"] not in (OURS, FLOOR):
                 ours = next((r for r in rows if _key(r) == _key(config, OURS)), None)
@@ -622,6 +393,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2])
+        worker_main(sys.argv[2], run_worker)
     else:
         main()

@@ -30,6 +30,7 @@ def overlay_figure(
     path: str | Path,
     title: str | None = None,
     alpha: float = 0.5,
+    max_columns: int = 5,
 ) -> Path:
     """Writes a figure: the photo, then the photo overlaid with each map.
 
@@ -39,6 +40,7 @@ def overlay_figure(
         path: where to write the figure (PNG); parent folders are created.
         title: optional figure title.
         alpha: opacity of the heat map.
+        max_columns: panels per row; more panels wrap to further rows.
 
     Returns:
         The path written.
@@ -48,15 +50,16 @@ def overlay_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(maps) + 1
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0), squeeze=False)
-    axes[0, 0].imshow(image)
-    axes[0, 0].set_title("input")
-    for ax, (name, cam) in zip(axes[0, 1:], maps.items(), strict=True):
+    panels = [("input", None), *maps.items()]
+    columns = min(len(panels), max_columns)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax, (name, cam) in zip(axes.flat, panels, strict=False):
         ax.imshow(image)
-        ax.imshow(normalize_map(cam), cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        if cam is not None:
+            ax.imshow(normalize_map(cam), cmap="jet", alpha=alpha, vmin=0, vmax=1)
         ax.set_title(name)
-    for ax in axes[0]:
+    for ax in axes.flat:
         ax.axis("off")
     if title:
         fig.suptitle(title)
