@@ -245,7 +245,9 @@ def measure(script: str, config: dict[str, Any], args: argparse.Namespace) -> di
 def add_measuring_arguments(parser: argparse.ArgumentParser, timeout_s: float = 1200.0) -> None:
     """The options of how configurations are measured, common to the scripts."""
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--timeout", type=float, default=timeout_s, help="seconds per configuration")
+    parser.add_argument(
+        "--timeout", type=float, default=timeout_s, help="seconds per configuration"
+    )
     parser.add_argument(
         "--max-foreign",
         type=float,

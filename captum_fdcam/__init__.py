@@ -10,6 +10,7 @@ and ``attribute`` signature::
 
 from captum_fdcam._core.base import (
     GradientLayerCam,
+    GradientPerturbationLayerCam,
     LayerCamBase,
     LayerState,
     PerturbationLayerCam,
@@ -42,6 +43,7 @@ METHODS = {
 __all__ = [
     "METHODS",
     "GradientLayerCam",
+    "GradientPerturbationLayerCam",
     "LayerAblationCam",
     "LayerCamBase",
     "LayerFDCam",

@@ -362,3 +362,18 @@ class PerturbationLayerCam(LayerCamBase, PerturbationAttribution):
             perturbations_per_eval,
             show_progress,
         )
+
+
+class GradientPerturbationLayerCam(PerturbationLayerCam, GradientAttribution):
+    """Base of the CAMs that use both gradients and perturbations (FD-CAM, Group-CAM)."""
+
+    requires_gradients = True
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        layer: Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        PerturbationLayerCam.__init__(self, forward_func, layer, device_ids)
+        GradientAttribution.__init__(self, forward_func)

@@ -12,12 +12,16 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from captum.attr import GradientAttribution
 from torch import Tensor
 from torch.nn import Module
 from torchvision.transforms.functional import gaussian_blur
 
-from captum_fdcam._core.base import LayerState, PerturbationLayerCam, safe_divide
+from captum_fdcam._core.base import (
+    GradientPerturbationLayerCam,
+    LayerState,
+    PerturbationLayerCam,
+    safe_divide,
+)
 from captum_fdcam._core.perturbation import PerturbationEngine, check_score_type, unique_rows
 
 
@@ -135,7 +139,7 @@ class LayerScoreCam(PerturbationLayerCam):
         return torch.stack(weights)[:, :, None, None].to(activation.dtype)
 
 
-class LayerGroupCam(PerturbationLayerCam, GradientAttribution):
+class LayerGroupCam(GradientPerturbationLayerCam):
     r"""Group-CAM: Grad-CAM-weighted channels in groups, scored on blurred-out inputs.
 
     1. The Grad-CAM terms :math:`\alpha_k A^k` are split into ``groups`` groups of
@@ -168,8 +172,6 @@ class LayerGroupCam(PerturbationLayerCam, GradientAttribution):
         score: ``'probability'`` (default) or ``'logit'``.
     """
 
-    requires_gradients = True
-
     def __init__(
         self,
         forward_func: Callable[..., Tensor],
@@ -181,8 +183,7 @@ class LayerGroupCam(PerturbationLayerCam, GradientAttribution):
         blur_sigma: float = 50.0,
         score: Literal["logit", "probability"] = "probability",
     ) -> None:
-        PerturbationLayerCam.__init__(self, forward_func, layer, device_ids)
-        GradientAttribution.__init__(self, forward_func)
+        super().__init__(forward_func, layer, device_ids)
         if groups < 1:
             raise ValueError(f"groups must be a positive integer, got {groups}.")
         if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:

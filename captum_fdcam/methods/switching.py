@@ -12,11 +12,15 @@ from typing import Any, Literal
 
 import torch
 from captum._utils.typing import TargetType
-from captum.attr import GradientAttribution
 from torch import Tensor
 from torch.nn import Module
 
-from captum_fdcam._core.base import LayerState, PerturbationLayerCam, safe_divide
+from captum_fdcam._core.base import (
+    GradientPerturbationLayerCam,
+    LayerState,
+    PerturbationLayerCam,
+    safe_divide,
+)
 from captum_fdcam._core.perturbation import check_score_type
 
 
@@ -101,7 +105,7 @@ def min_max(values: Tensor) -> Tensor:
     return safe_divide(values - low, (high - low).expand_as(values))
 
 
-class LayerFDCam(PerturbationLayerCam, GradientAttribution):
+class LayerFDCam(GradientPerturbationLayerCam):
     r"""FD-CAM: gradient weights scaled by grouped channel-switching scores.
 
     For each channel k (Li et al., Sec. III):
@@ -140,7 +144,6 @@ class LayerFDCam(PerturbationLayerCam, GradientAttribution):
         score: ``'logit'`` (default) or ``'probability'``.
     """
 
-    requires_gradients = True
     switches_channels = True
 
     def __init__(
@@ -155,8 +158,7 @@ class LayerFDCam(PerturbationLayerCam, GradientAttribution):
         bias: float = 0.5,
         score: Literal["logit", "probability"] = "logit",
     ) -> None:
-        PerturbationLayerCam.__init__(self, forward_func, layer, device_ids)
-        GradientAttribution.__init__(self, forward_func)
+        super().__init__(forward_func, layer, device_ids)
         if group_fraction is not None and not 0.0 < group_fraction <= 1.0:
             raise ValueError(f"group_fraction must be in (0, 1] or None, got {group_fraction}.")
         if switch not in ("both", "off"):
