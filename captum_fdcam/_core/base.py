@@ -131,12 +131,14 @@ class LayerCamBase(LayerAttribution):
             LayerCapture, layer, name, attribute_to_layer_input=attribute_to_layer_input
         )
         capture = capture_factory(requires_grad=self.requires_gradients)
-        recorder = PreLayerRecorder(layer, formatted[0].shape[0])
+        recorder = (
+            PreLayerRecorder(layer, formatted[0].shape[0]) if self.switches_channels else None
+        )
         # Nothing before the layer needs a graph: the forward pass starts without one
         # and the layer's hook switches gradients on (also when the caller runs under
         # torch.no_grad()), which saves the memory of the pre-layer graph.
         with torch.set_grad_enabled(False):
-            with capture, recorder if self.switches_channels else nullcontext():
+            with capture, recorder or nullcontext():
                 output = _run_forward(self.forward_func, formatted, None, extra)
         with torch.set_grad_enabled(self.requires_gradients):
             scores = select_target_scores(output, target)
@@ -177,7 +179,7 @@ class LayerCamBase(LayerAttribution):
                 layer_name=name,
                 capture_factory=partial(capture_factory, requires_grad=False),
                 attribute_to_layer_input=attribute_to_layer_input,
-                recorder=recorder if self.switches_channels else None,
+                recorder=recorder,
             )
         return LayerState(
             inputs=formatted,
