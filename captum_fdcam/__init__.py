@@ -16,15 +16,21 @@ from captum_fdcam._core.base import (
     PerturbationLayerCam,
 )
 from captum_fdcam.methods import (
+    CLRP,
+    SGLRP,
+    FGCam,
     LayerAblationCam,
     LayerFDCam,
+    LayerFGCam,
     LayerGradCam,
     LayerGradCamPlusPlus,
     LayerGroupCam,
     LayerLayerCam,
     LayerScoreCam,
     LayerXGradCam,
+    PropagationLRP,
 )
+from captum_fdcam.propagation import ZBoxRule, ZPlusRule
 
 __version__ = "0.1.0"
 
@@ -41,12 +47,16 @@ METHODS = {
 }
 
 __all__ = [
+    "CLRP",
     "METHODS",
+    "SGLRP",
+    "FGCam",
     "GradientLayerCam",
     "GradientPerturbationLayerCam",
     "LayerAblationCam",
     "LayerCamBase",
     "LayerFDCam",
+    "LayerFGCam",
     "LayerGradCam",
     "LayerGradCamPlusPlus",
     "LayerGroupCam",
@@ -55,5 +65,8 @@ __all__ = [
     "LayerState",
     "LayerXGradCam",
     "PerturbationLayerCam",
+    "PropagationLRP",
+    "ZBoxRule",
+    "ZPlusRule",
     "__version__",
 ]

@@ -195,6 +195,14 @@ class LayerCamBase(LayerAttribution):
         """The terms whose sum over dimension 1 is the map: ``w_k A^k`` by default."""
         return self._weights(activation, gradient, state) * activation
 
+    def _components(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
+        """The map split over the layer's K channels, (N, K, h, w): FG-CAM's input.
+
+        The terms ``w_k A^k`` by default; a method whose terms are not per channel
+        (Group-CAM) splits them over the channels here.
+        """
+        return self._terms(activation, gradient, state)
+
     def _attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

@@ -1,0 +1,372 @@
+"""FG-CAM: any CAM made fine-grained, down to a shallower layer or the input.
+
+Qiu et al., "Empowering CAM-Based Methods with Capability to Generate
+Fine-Grained and High-Faithfulness Explanations" (FG-CAM), AAAI 2024.
+https://github.com/dongmo-qcq/FG-CAM
+
+1. The base CAM's components at its layer, not summed:
+   :math:`I = w \\circ A` (K, h, w) for channel weights w (pixel weights for
+   Layer-CAM).
+2. Optionally denoised (FG-CAM-D): each row of I reshaped to K x (h w) has its
+   mean subtracted, and only the leading singular values are kept.
+3. I is propagated towards the input layer by layer with LRP rules (signed z+
+   in hidden layers, z^B at the input layer, bias ignored), see
+   :mod:`captum_fdcam.propagation`.
+4. The relevance is summed over the channels of the target layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from numbers import Integral, Real
+from typing import Any
+
+import torch
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+)
+from captum._utils.typing import TargetType
+from captum.attr import GradientAttribution, LayerAttribution
+from captum.attr import LayerGradCam as CaptumLayerGradCam
+from captum.attr._utils.lrp_rules import PropagationRule
+from torch import Tensor
+from torch.nn import Module
+
+from captum_fdcam._core.base import LayerCamBase
+from captum_fdcam._core.validation import check_inputs, check_layer, owning_module
+from captum_fdcam.methods.gradient import LayerGradCam
+from captum_fdcam.propagation import RuleAssignment, ZBoxRule, propagate
+from captum_fdcam.propagation.assignment import RuleSpec
+
+
+def singular_value_count(count: int | float, available: int) -> int:
+    """How many singular values to keep: ``count`` itself, or a fraction of ``available``.
+
+    The authors' code keeps ``int(0.1 * S)`` with S the number of singular
+    values, min(K, h w) (4 for VGG16's 512 x 7 x 7); at least one is kept.
+    """
+    if isinstance(count, Integral) and not isinstance(count, bool):
+        return min(int(count), available)
+    return max(1, int(available * float(count)))
+
+
+def check_singular_values(count: int | float) -> int | float:
+    if isinstance(count, bool) or not isinstance(count, Real):
+        raise TypeError(f"singular_values must be an int or a float, got {type(count).__name__}.")
+    if isinstance(count, Integral):
+        if count < 1:
+            raise ValueError(f"singular_values must be at least 1, got {count}.")
+    elif not 0 < float(count) <= 1:
+        raise ValueError(
+            f"A fractional singular_values must be in (0, 1], got {count} "
+            "(an int keeps that many singular values)."
+        )
+    return count
+
+
+def denoise_components(components: Tensor, singular_values: int | float) -> Tensor:
+    """FG-CAM-D's denoising of the components, (N, K, h, w) -> (N, K, h, w).
+
+    Per example: reshape to K x (h w), subtract each row's mean, keep the
+    leading singular values of the SVD and reshape back. With every singular
+    value kept this only subtracts the row means.
+    """
+    n, k = components.shape[:2]
+    rows = components.reshape(n, k, -1)
+    centred = rows - rows.mean(dim=2, keepdim=True)
+    u, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    r = singular_value_count(singular_values, s.shape[-1])
+    kept = (u[..., :r] * s[..., None, :r]) @ vh[..., :r, :]
+    return kept.reshape_as(components)
+
+
+def _as_base(base_cam: Any) -> LayerCamBase:
+    if isinstance(base_cam, LayerCamBase):
+        return base_cam
+    if isinstance(base_cam, CaptumLayerGradCam):
+        # Our LayerGradCam gives Captum's map bit for bit, and its components.
+        return LayerGradCam(base_cam.forward_func, base_cam.layer, base_cam.device_ids)
+    raise TypeError(
+        "base_cam must be a CAM of captum_fdcam (e.g. LayerGradCam(model, layer)) or "
+        f"Captum's LayerGradCam, got {type(base_cam).__name__}."
+    )
+
+
+class _FineGrained:
+    """What FG-CAM at a layer and FG-CAM at the input share."""
+
+    def __init__(
+        self,
+        base_cam: LayerCamBase | CaptumLayerGradCam,
+        denoise: bool,
+        singular_values: int | float,
+        rules: Mapping[Module | type[Module], RuleSpec] | None,
+        input_rule: PropagationRule | None,
+    ) -> None:
+        self.base_cam = _as_base(base_cam)
+        model = owning_module(self.base_cam.forward_func)
+        if model is None:
+            raise TypeError(
+                "FG-CAM propagates through the model's modules: the base CAM's forward_func "
+                "must be an nn.Module (or one of its bound methods)."
+            )
+        self.model = model
+        self.denoise = bool(denoise)
+        self.singular_values = check_singular_values(singular_values)
+        self.rules = rules
+        self.input_rule = ZBoxRule() if input_rule is None else input_rule
+
+    def components(
+        self,
+        inputs: tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        perturbations_per_eval: int,
+        show_progress: bool,
+        grad_kwargs: dict[str, Any] | None,
+    ) -> Tensor:
+        base = self.base_cam
+        state = base._layer_state(
+            inputs,
+            target,
+            additional_forward_args,
+            False,
+            grad_kwargs,
+            perturbations_per_eval,
+            show_progress,
+        )
+        if len(state.activations) != 1:
+            raise ValueError("FG-CAM needs a base CAM layer with a single output.")
+        gradient = state.gradients[0] if state.gradients is not None else None
+        with torch.no_grad():
+            components = base._components(state.activations[0], gradient, state)
+            if self.denoise:
+                components = denoise_components(components, self.singular_values)
+        return components
+
+    def relevance(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        layer: Module | None,
+        attribute_to_layer_input: bool,
+        relu_attributions: bool,
+        perturbations_per_eval: int,
+        show_progress: bool,
+        grad_kwargs: dict[str, Any] | None,
+    ) -> tuple[Tensor, ...]:
+        formatted = _format_tensor_into_tuples(inputs)
+        check_inputs(formatted)
+        extra = _format_additional_forward_args(additional_forward_args)
+        components = self.components(
+            formatted, target, extra, perturbations_per_eval, show_progress, grad_kwargs
+        )
+        if layer is self.base_cam.layer and not attribute_to_layer_input:
+            relevances: tuple[Tensor, ...] = (components,)
+        else:
+            relevances = propagate(
+                self.model,
+                RuleAssignment(self.rules, self.input_rule),
+                formatted,
+                extra,
+                start_relevance=lambda _: components,
+                start=self.base_cam.layer,
+                target=layer,
+                target_input=attribute_to_layer_input,
+            )
+        maps = tuple(r.sum(dim=1, keepdim=True) for r in relevances)
+        return tuple(torch.relu(m) for m in maps) if relu_attributions else maps
+
+
+_ARGS_DOC = r"""
+            inputs (Tensor or tuple[Tensor, ...]): Input for which attributions are
+                computed, (N, C, H, W) with N the number of examples; not modified.
+            target (int, tuple, Tensor, or list, optional): Output indices to explain,
+                as in Captum (one for all examples, or one per example).
+            additional_forward_args (Any, optional): Further arguments of the model.
+            relu_attributions (bool, optional): Apply ReLU to the map ("for display",
+                as the paper does). Default: False
+            perturbations_per_eval (int, optional): Passed to a perturbation base CAM
+                (Score-CAM, FD-CAM, ...). Default: 64
+            show_progress (bool, optional): Progress bar of a perturbation base CAM.
+            grad_kwargs (dict, optional): Extra arguments of ``torch.autograd.grad``
+                for the base CAM's gradients."""
+
+_INIT_DOC = r"""
+            denoise (bool): FG-CAM-D: denoise the components by a truncated SVD
+                before propagating them. Default: False
+            singular_values (int or float): singular values kept when denoising:
+                an int keeps that many (the paper: 10); a float in (0, 1] keeps
+                that fraction of them (the authors' code: 0.1). Default: 10
+            rules (dict, optional): LRP rules by module or module type, overriding
+                the defaults (:func:`captum_fdcam.propagation.default_rules`); a
+                module's own ``rule`` attribute, as in Captum's ``LRP``, wins.
+            input_rule (PropagationRule, optional): rule of the layers that receive
+                the model's input. Default: ``ZBoxRule()`` (bounds: each image's
+                minimum and maximum)."""
+
+
+class LayerFGCam(LayerAttribution, GradientAttribution):
+    __doc__ = (
+        r"""FG-CAM at a layer: a base CAM's explanation lifted to a shallower layer.
+
+    The base CAM's components :math:`I = w \circ A` at its layer are propagated
+    with LRP rules (signed z+ in hidden layers, relevance split in proportion
+    to the summands at residual additions) to ``layer`` and summed over its
+    channels. At the base CAM's own layer this is the base CAM's map.
+
+    Cost: the base CAM, plus one forward pass up to the base layer and one
+    backward pass (each convolution's rule costs about a forward and a backward
+    convolution; two for layers with signed inputs).
+
+    Qiu et al., "Empowering CAM-Based Methods with Capability to Generate
+    Fine-Grained and High-Faithfulness Explanations", AAAI 2024.
+    https://github.com/dongmo-qcq/FG-CAM
+
+    Args:
+        base_cam: a CAM of this library or Captum's ``LayerGradCam``; its layer
+            is where the explanation starts.
+        layer (torch.nn.Module): the layer to explain, called before the base CAM's
+            layer (or the base CAM's layer itself)."""
+        + _INIT_DOC
+    )
+
+    def __init__(
+        self,
+        base_cam: LayerCamBase | CaptumLayerGradCam,
+        layer: Module,
+        device_ids: list[int] | None = None,
+        *,
+        denoise: bool = False,
+        singular_values: int | float = 10,
+        rules: Mapping[Module | type[Module], RuleSpec] | None = None,
+        input_rule: PropagationRule | None = None,
+    ) -> None:
+        self._fg = _FineGrained(
+            base_cam,
+            denoise,
+            singular_values,
+            rules,
+            ZBoxRule() if input_rule is None else input_rule,
+        )
+        forward_func = self._fg.base_cam.forward_func
+        check_layer(forward_func, layer)
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        GradientAttribution.__init__(self, forward_func)
+
+    @property
+    def base_cam(self) -> LayerCamBase:
+        return self._fg.base_cam
+
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        relu_attributions: bool = False,
+        perturbations_per_eval: int = 64,
+        show_progress: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
+    ) -> Tensor | tuple[Tensor, ...]:
+        maps = self._fg.relevance(
+            inputs,
+            target,
+            additional_forward_args,
+            self.layer,
+            attribute_to_layer_input,
+            relu_attributions,
+            perturbations_per_eval,
+            show_progress,
+            grad_kwargs,
+        )
+        return _format_output(len(maps) > 1, maps)
+
+    attribute.__doc__ = (
+        r"""
+        Args:"""
+        + _ARGS_DOC
+        + r"""
+            attribute_to_layer_input (bool, optional): Explain the layer's input
+                instead of its output. Default: False
+
+        Returns:
+            *Tensor* of **attributions**, (N, 1, h, w) at the layer's resolution (a
+            tuple when the layer's input has several tensors).
+        """
+    )
+
+
+class FGCam(GradientAttribution):
+    __doc__ = (
+        r"""FG-CAM at the input: a base CAM's explanation at the input's resolution.
+
+    As :class:`LayerFGCam`, propagated through every layer down to the input;
+    the layers receiving the input use ``input_rule`` (z^B). The map is the
+    relevance summed over the input's channels.
+
+    Args:
+        base_cam: a CAM of this library or Captum's ``LayerGradCam``."""
+        + _INIT_DOC
+    )
+
+    def __init__(
+        self,
+        base_cam: LayerCamBase | CaptumLayerGradCam,
+        *,
+        denoise: bool = False,
+        singular_values: int | float = 10,
+        rules: Mapping[Module | type[Module], RuleSpec] | None = None,
+        input_rule: PropagationRule | None = None,
+    ) -> None:
+        self._fg = _FineGrained(
+            base_cam,
+            denoise,
+            singular_values,
+            rules,
+            ZBoxRule() if input_rule is None else input_rule,
+        )
+        GradientAttribution.__init__(self, self._fg.base_cam.forward_func)
+
+    @property
+    def base_cam(self) -> LayerCamBase:
+        return self._fg.base_cam
+
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        relu_attributions: bool = False,
+        perturbations_per_eval: int = 64,
+        show_progress: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
+    ) -> Tensor | tuple[Tensor, ...]:
+        maps = self._fg.relevance(
+            inputs,
+            target,
+            additional_forward_args,
+            None,
+            False,
+            relu_attributions,
+            perturbations_per_eval,
+            show_progress,
+            grad_kwargs,
+        )
+        return _format_output(_is_tuple(inputs), maps)
+
+    attribute.__doc__ = (
+        r"""
+        Args:"""
+        + _ARGS_DOC
+        + r"""
+
+        Returns:
+            *Tensor* or *tuple[Tensor, ...]* of **attributions**, (N, 1, H, W) per
+            input: the relevance summed over the input's channels.
+        """
+    )

@@ -1,0 +1,143 @@
+"""LRP, CLRP and SGLRP at the input, on FG-CAM's propagation engine.
+
+The baselines of FG-CAM's Tables 4-6. All three propagate with the same rules as
+FG-CAM (signed z+ in hidden layers, z^B at the input layer) and differ only in
+the relevance they start from at the model's output (logits y, softmax p,
+target class t, C classes):
+
+* LRP: :math:`R_t = y_t`, 0 elsewhere.
+* CLRP (Gu et al., ACCV 2018): LRP of the target minus LRP of the *dual*, all
+  other classes sharing the target's score: :math:`R_k = y_t / (C - 1)` for
+  :math:`k \\ne t`. By linearity this is one propagation of the difference.
+* SGLRP (Iwana et al., ICCVW 2019): the softmax gradient,
+  :math:`R_t = p_t (1 - p_t)` and :math:`R_k = -p_t p_k`.
+
+Unlike Captum's ``LRP``, relevance is split between the summands of residual
+additions, so totals stay bounded on ResNets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+)
+from captum._utils.typing import TargetType
+from captum.attr import GradientAttribution
+from captum.attr._utils.lrp_rules import PropagationRule
+from torch import Tensor
+from torch.nn import Module
+
+from captum_fdcam._core.validation import check_inputs, target_rows
+from captum_fdcam.propagation import RuleAssignment, ZBoxRule, propagate
+from captum_fdcam.propagation.assignment import RuleSpec
+
+
+def _target_mask(output: Tensor, target: TargetType) -> Tensor:
+    if output.dim() != 2:
+        raise ValueError(
+            f"LRP baselines explain a classifier's (N, C) output, got shape {tuple(output.shape)}."
+        )
+    if target is None:
+        raise ValueError("target is required: the class to explain for each example.")
+    rows = target_rows(target, output.shape[0])
+    if any(len(r) != 1 for r in rows):
+        raise ValueError("target must give one class index per example.")
+    index = torch.tensor([r[0] for r in rows], device=output.device)
+    if bool(((index < 0) | (index >= output.shape[1])).any()):
+        raise IndexError(f"target out of range for {output.shape[1]} classes: {index.tolist()}.")
+    return torch.nn.functional.one_hot(index, output.shape[1]).to(output.dtype)
+
+
+class PropagationLRP(GradientAttribution):
+    """LRP with FG-CAM's rules: relevance :math:`y_t` at the target logit.
+
+    Args:
+        model (torch.nn.Module): a classifier returning (N, C) scores (logits).
+        rules (dict, optional): rules by module or module type, overriding
+            :func:`captum_fdcam.propagation.default_rules`; a module's ``rule``
+            attribute wins, as in Captum's ``LRP``.
+        input_rule (PropagationRule, optional): rule of the layers receiving the
+            input. Default: ``ZBoxRule()``.
+    """
+
+    def __init__(
+        self,
+        model: Module,
+        *,
+        rules: Mapping[Module | type[Module], RuleSpec] | None = None,
+        input_rule: PropagationRule | None = None,
+    ) -> None:
+        if not isinstance(model, Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        GradientAttribution.__init__(self, model)
+        self.model = model
+        self.rules = rules
+        self.input_rule = ZBoxRule() if input_rule is None else input_rule
+
+    def output_relevance(self, output: Tensor, target: TargetType) -> Tensor:
+        """Relevance at the model's (N, C) output where propagation starts."""
+        return _target_mask(output, target) * output
+
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor | tuple[Tensor, ...]:
+        r"""
+        Args:
+            inputs (Tensor or tuple[Tensor, ...]): (N, C, H, W) inputs; not modified.
+            target (int, list or Tensor): the class to explain, one for all
+                examples or one per example.
+            additional_forward_args (Any, optional): further arguments of the model.
+
+        Returns:
+            *Tensor* or *tuple[Tensor, ...]* of **attributions**, each shaped like its
+            input, as Captum's ``LRP`` returns them.
+        """
+        formatted = _format_tensor_into_tuples(inputs)
+        check_inputs(formatted)
+        relevance = propagate(
+            self.model,
+            RuleAssignment(self.rules, self.input_rule),
+            formatted,
+            _format_additional_forward_args(additional_forward_args),
+            start_relevance=lambda output: self.output_relevance(output, target),
+        )
+        return _format_output(_is_tuple(inputs), relevance)
+
+
+class CLRP(PropagationLRP):
+    """Contrastive LRP: LRP of the target minus LRP of the dual (all other classes).
+
+    Gu et al., "Understanding Individual Decisions of CNNs via Contrastive
+    Backpropagation", ACCV 2018. https://arxiv.org/abs/1812.02100
+    """
+
+    def output_relevance(self, output: Tensor, target: TargetType) -> Tensor:
+        mask = _target_mask(output, target)
+        score = (mask * output).sum(dim=1, keepdim=True)
+        dual = (1 - mask) * score / (output.shape[1] - 1)
+        return mask * output - dual
+
+
+class SGLRP(PropagationLRP):
+    """Softmax-Gradient LRP: relevance starts from the gradient of the softmax.
+
+    Iwana et al., "Explaining Convolutional Neural Networks using Softmax
+    Gradient Layer-wise Relevance Propagation", ICCV Workshops 2019.
+    https://arxiv.org/abs/1908.04351
+    """
+
+    def output_relevance(self, output: Tensor, target: TargetType) -> Tensor:
+        mask = _target_mask(output, target)
+        p = torch.softmax(output, dim=1)
+        p_target = (mask * p).sum(dim=1, keepdim=True)
+        return p_target * (mask - p)

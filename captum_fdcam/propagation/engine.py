@@ -1,0 +1,328 @@
+"""Layer-by-layer relevance propagation on any PyTorch model, by autograd.
+
+How it works: during one forward pass, the output of every module that has a
+rule is routed through a custom autograd function. The backward pass then
+carries, at every tensor x, the *relevance per unit of activation* c = R / x
+(Captum's ``LRP`` carries R itself). A module with a rule turns the c at its
+output into ``R_out = y * c``, applies its rule, and hands ``c_in = R_in / x``
+to autograd. Everything written as plain tensor code in a ``forward`` then
+propagates relevance correctly by ordinary differentiation:
+
+* a residual addition ``y = a + b`` gives both summands y's c, so
+  ``R_a = a * c`` and ``R_b = b * c``: the relevance is split in proportion to
+  each summand's contribution and ``R_a + R_b = R_y`` (Captum's ``LRP`` copies
+  ``R_y`` to both, which doubles it at every block of a ResNet);
+* concatenation, slicing, reshaping, zero padding and ``F.relu`` move c with
+  the values, which keeps R with them;
+* a module called several times (EfficientNet's shared activation) gets one
+  routing per call.
+
+Relevance reaching the model's own input through a rule is kept exactly
+(z^B gives relevance to inputs whose value is 0, which c = R / x would lose).
+
+No weight is changed: rules compute with rewritten copies of the weights, and
+Captum's rules, which rewrite them in place, are undone after each use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from captum._utils.common import _run_forward
+from captum.attr._utils.lrp_rules import IdentityRule, PropagationRule
+from torch import Tensor, nn
+from torch.nn import Module
+from torch.utils.hooks import RemovableHandle
+
+from captum_fdcam._core.validation import layer_name
+from captum_fdcam.propagation.assignment import PASSTHROUGH, RuleAssignment
+from captum_fdcam.propagation.rules import relevance_ratio, rule_ratio, rule_relevance
+
+
+class _StopForward(Exception):
+    """Raised by the start layer's hook: nothing after it is needed."""
+
+
+@dataclass
+class _Frame:
+    """One call of a module with a rule, between its pre-hook and its hook."""
+
+    rule: PropagationRule
+    args: tuple[Any, ...]
+    slots: tuple[int | None, ...]
+    grad_enabled: bool
+
+
+@dataclass
+class _Call:
+    """What the backward pass needs of one call of a module with a rule."""
+
+    session: _Session
+    module: Module
+    rule: PropagationRule
+    output: Tensor
+    slots: tuple[int | None, ...]
+
+
+class _RuleFunction(torch.autograd.Function):
+    """Identity in the forward pass; the module's rule in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, call: _Call, output: Tensor, *inputs: Tensor) -> Tensor:
+        ctx.call = call
+        # Saved for autograd's check that no later in-place operation changed them.
+        ctx.save_for_backward(*inputs)
+        # Downstream code gets a copy: in-place operations on it (ResNet's
+        # ``out += identity``) must not change the output the rule reads.
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        call: _Call = ctx.call
+        inputs = tuple(x.detach() for x in ctx.saved_tensors)
+        return (None, None, *call.session.rule_backward(call, inputs, grad_output))
+
+
+@dataclass
+class _Session:
+    """Hooks and bookkeeping of one propagation; removed when it ends."""
+
+    model: Module
+    assignment: RuleAssignment
+    leaves: tuple[Tensor, ...]
+    start: Module | None
+    target: Module | None
+    target_input: bool
+    paused: bool = False
+    inside: int = 0
+    frames: list[_Frame | None] = field(default_factory=list)
+    handles: list[RemovableHandle] = field(default_factory=list)
+    start_output: Tensor | None = None
+    target_tensors: tuple[Tensor, ...] | None = None
+    input_relevance: list[Tensor] = field(default_factory=list)
+
+    def install(self) -> None:
+        self.input_relevance = [torch.zeros_like(x) for x in self.leaves]
+        for module in self.model.modules():
+            self.handles.append(module.register_forward_pre_hook(self._pre))
+            self.handles.append(module.register_forward_hook(self._post))
+        # Captures run before the rules' pre-hooks (to see the original inputs)
+        # and after the rules' hooks (to see the routed outputs).
+        if self.target is not None:
+            if self.target_input:
+                self.handles.append(
+                    self.target.register_forward_pre_hook(self._capture_target_input, prepend=True)
+                )
+            else:
+                self.handles.append(self.target.register_forward_hook(self._capture_target_output))
+        if self.start is not None:
+            self.handles.append(self.start.register_forward_hook(self._capture_start))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def _name(self, module: Module) -> str:
+        return layer_name(self.model, module)
+
+    def _slot(self, value: Any) -> int | None:
+        for i, leaf in enumerate(self.leaves):
+            if value is leaf:
+                return i
+        return None
+
+    def _pre(self, module: Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if self.paused:
+            return None
+        if self.inside or not self.assignment.has_rule(module):
+            if not self.inside and next(module.children(), None) is None:
+                if not isinstance(module, PASSTHROUGH):
+                    raise TypeError(
+                        f"No LRP rule for {self._name(module)}. Give it one, the way "
+                        "Captum's LRP does (module.rule = IdentityRule() passes relevance "
+                        "unchanged), or pass rules={type: rule} to the attribution class."
+                    )
+            self.frames.append(None)
+            return None
+        slots = tuple(self._slot(a) for a in args)
+        receives_input = any(s is not None for s in slots)
+        rule = self.assignment.rule(module, receives_input=receives_input)
+        assert rule is not None  # has_rule() said so
+        if type(module) is nn.ReLU and type(rule) is IdentityRule and not receives_input:
+            # ReLU's own gradient already is the identity rule for R / x: autograd
+            # does it in one pass, without routing.
+            self.frames.append(None)
+            return None
+        self.frames.append(_Frame(rule, args, slots, torch.is_grad_enabled()))
+        self.inside += 1
+        # The module's own graph is never used: the rule replaces it.
+        torch.set_grad_enabled(False)
+        if getattr(module, "inplace", False):
+            # An in-place module would overwrite the input its rule reads.
+            return tuple(a.clone() if isinstance(a, Tensor) else a for a in args)
+        return None
+
+    def _post(self, module: Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
+        if self.paused:
+            return None
+        frame = self.frames.pop()
+        if frame is None:
+            return None
+        self.inside -= 1
+        torch.set_grad_enabled(frame.grad_enabled)
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"{self._name(module)} returns {type(output).__name__}; relevance propagates "
+                "through modules that return one tensor."
+            )
+        tensors = [(a, s) for a, s in zip(frame.args, frame.slots, strict=True)]
+        inputs = tuple(a for a, _ in tensors if isinstance(a, Tensor))
+        slots = tuple(s for a, s in tensors if isinstance(a, Tensor))
+        call = _Call(self, module, frame.rule, output.detach(), slots)
+        return _RuleFunction.apply(call, output.detach(), *inputs)
+
+    def _check_outside_rule(self, module: Module) -> None:
+        if self.inside:
+            raise ValueError(
+                f"{self._name(module)} is inside a module whose rule covers it as a whole: "
+                "no relevance is computed for it. Choose a layer outside that module."
+            )
+
+    def _capture_target_input(self, module: Module, args: tuple[Any, ...]) -> None:
+        if self.paused:
+            return
+        self._check_outside_rule(module)
+        if self.target_tensors is not None:
+            raise RuntimeError(
+                f"{self._name(module)} is called more than once in one forward pass; its "
+                "input is ambiguous. Explain a module called once."
+            )
+        self.target_tensors = tuple(a for a in args if isinstance(a, Tensor))
+
+    def _capture_target_output(self, module: Module, args: tuple[Any, ...], output: Any) -> Any:
+        if self.paused:
+            return None
+        self._check_outside_rule(module)
+        if self.target_tensors is not None:
+            raise RuntimeError(
+                f"{self._name(module)} is called more than once in one forward pass; its "
+                "output is ambiguous. Explain a module called once."
+            )
+        if not isinstance(output, Tensor):
+            raise TypeError(f"{self._name(module)} returns {type(output).__name__}, not a tensor.")
+        self.target_tensors = (output,)
+        # The rest of the network gets a copy, so in-place operations cannot
+        # change the values the relevance is read from.
+        return output.clone()
+
+    def _capture_start(self, module: Module, args: tuple[Any, ...], output: Any) -> None:
+        if self.paused:
+            return
+        self._check_outside_rule(module)
+        if not isinstance(output, Tensor):
+            raise TypeError(f"{self._name(module)} returns {type(output).__name__}, not a tensor.")
+        self.start_output = output
+        raise _StopForward
+
+    def rule_backward(
+        self, call: _Call, inputs: tuple[Tensor, ...], grad_output: Tensor
+    ) -> list[Tensor | None]:
+        relevance = call.output * grad_output
+        exact = any(slot is not None for slot in call.slots)
+        apply = rule_relevance if exact else rule_ratio
+        results = apply(call.rule, call.module, inputs, call.output, relevance)
+        if len(results) != len(inputs):
+            raise RuntimeError(
+                f"The rule of {self._name(call.module)} returned {len(results)} relevance "
+                f"tensors for {len(inputs)} inputs."
+            )
+        if not exact:
+            return list(results)
+        grads: list[Tensor | None] = []
+        for x, r, slot in zip(inputs, results, call.slots, strict=True):
+            if slot is None:
+                grads.append(relevance_ratio(r, x))
+            else:
+                # The model's input keeps its relevance exactly (z^B gives some
+                # to pixels whose value is 0).
+                self.input_relevance[slot] += r
+                grads.append(None)
+        return grads
+
+
+def propagate(
+    model: Module,
+    assignment: RuleAssignment,
+    inputs: tuple[Tensor, ...],
+    additional_forward_args: Any,
+    start_relevance: Callable[[Tensor], Tensor],
+    start: Module | None = None,
+    target: Module | None = None,
+    target_input: bool = False,
+) -> tuple[Tensor, ...]:
+    """Propagates relevance from ``start`` (or the model's output) to ``target``.
+
+    Args:
+        model: the model; its forward pass is run once, up to ``start``.
+        assignment: the rule of each module.
+        inputs: the model's inputs (not modified).
+        additional_forward_args: formatted further arguments of the model.
+        start_relevance: maps the (detached) output of ``start`` (or the model's
+            output when ``start`` is None) to the relevance there, same shape.
+        start: the module where relevance starts; the forward pass stops there.
+        target: the module whose output (input with ``target_input``) receives
+            the relevance; ``None`` for the model's inputs.
+        target_input: relevance of ``target``'s input instead of its output.
+
+    Returns:
+        The relevance of each tensor of the target (or of each input), detached.
+    """
+    leaves = tuple(x.detach().requires_grad_() for x in inputs)
+    session = _Session(model, assignment, leaves, start, target, target_input)
+    try:
+        session.install()
+        with torch.enable_grad():
+            try:
+                output = _run_forward(model, leaves, None, additional_forward_args)
+            except _StopForward:
+                output = None
+            session.paused = True
+            origin = output if start is None else session.start_output
+            if start is not None and origin is None:
+                raise RuntimeError(
+                    f"{session._name(start)} was not called in the forward pass."
+                )  # pragma: no cover - the base CAM has checked this
+            if not isinstance(origin, Tensor):
+                raise TypeError(f"The model returned {type(origin).__name__}, not a tensor.")
+            if target is None:
+                wrt: Sequence[Tensor] = leaves
+            elif session.target_tensors is None:
+                where = "" if start is None else f" before {session._name(start)}"
+                raise ValueError(
+                    f"{session._name(target)} is not called{where} in the forward pass: "
+                    "relevance propagates from the output towards the input only."
+                )
+            else:
+                wrt = session.target_tensors
+            value = origin.detach()
+            relevance = start_relevance(value)
+            grads = torch.autograd.grad(
+                origin, wrt, relevance_ratio(relevance, value), allow_unused=True
+            )
+    finally:
+        session.remove()
+    results = []
+    for tensor, grad in zip(wrt, grads, strict=True):
+        slot = session._slot(tensor)
+        if grad is None and slot is None:
+            raise ValueError(
+                f"{session._name(target) if target is not None else 'The input'} does not "
+                "lead to the layer where relevance starts: no relevance reaches it."
+            )
+        own = torch.zeros_like(tensor) if grad is None else tensor.detach() * grad
+        results.append(own if slot is None else own + session.input_relevance[slot])
+    return tuple(results)
