@@ -201,19 +201,18 @@ class LayerGroupCam(GradientPerturbationLayerCam):
 
     def _components(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
         # Each group's term is shared among its channels in proportion to their
-        # Grad-CAM terms (the LRP z-rule through the group sum), so the
-        # components still sum to the map.
+        # Grad-CAM terms (the LRP z-rule through the group sum), in equal shares
+        # where those sum to zero, so the components still sum to the map.
         assert gradient is not None
         group_terms = self._terms(activation, gradient, state)
         channel_terms = gradient.mean(dim=(2, 3), keepdim=True) * activation
         chunks = torch.tensor_split(channel_terms, group_terms.shape[1], dim=1)
-        return torch.cat(
-            [
-                safe_divide(chunk, chunk.sum(dim=1, keepdim=True)) * group_terms[:, g : g + 1]
-                for g, chunk in enumerate(chunks)
-            ],
-            dim=1,
-        )
+        parts = []
+        for g, chunk in enumerate(chunks):
+            total = chunk.sum(dim=1, keepdim=True)
+            share = torch.where(total != 0, safe_divide(chunk, total), 1.0 / chunk.shape[1])
+            parts.append(share * group_terms[:, g : g + 1])
+        return torch.cat(parts, dim=1)
 
     def blur(self, image: Tensor) -> Tensor:
         return gaussian_blur(image, [self.blur_kernel_size] * 2, [self.blur_sigma] * 2)

@@ -101,6 +101,11 @@ class _Session:
     frames: list[_Frame | None] = field(default_factory=list)
     handles: list[RemovableHandle] = field(default_factory=list)
     start_output: Tensor | None = None
+    start_depth: int = 0
+    #: The latest routed call: (what it returned, the call, its inputs).
+    last_routed: tuple[Tensor, _Call, tuple[Tensor, ...]] | None = None
+    #: The routed call that produced the start tensor, if one did.
+    start_call: tuple[_Call, tuple[Tensor, ...]] | None = None
     target_tensors: tuple[Tensor, ...] | None = None
     input_relevance: list[Tensor] = field(default_factory=list)
 
@@ -119,6 +124,9 @@ class _Session:
             else:
                 self.handles.append(self.target.register_forward_hook(self._capture_target_output))
         if self.start is not None:
+            self.handles.append(
+                self.start.register_forward_pre_hook(self._enter_start, prepend=True)
+            )
             self.handles.append(self.start.register_forward_hook(self._capture_start))
 
     def remove(self) -> None:
@@ -152,9 +160,15 @@ class _Session:
         receives_input = any(s is not None for s in slots)
         rule = self.assignment.rule(module, receives_input=receives_input)
         assert rule is not None  # has_rule() said so
-        if type(module) is nn.ReLU and type(rule) is IdentityRule and not receives_input:
+        if (
+            type(module) is nn.ReLU
+            and type(rule) is IdentityRule
+            and not receives_input
+            and not self.start_depth
+        ):
             # ReLU's own gradient already is the identity rule for R / x: autograd
-            # does it in one pass, without routing.
+            # does it in one pass, without routing. Not where relevance starts,
+            # which may be non-zero where the ReLU's output is 0.
             self.frames.append(None)
             return None
         self.frames.append(_Frame(rule, args, slots, torch.is_grad_enabled()))
@@ -183,7 +197,9 @@ class _Session:
         inputs = tuple(a for a, _ in tensors if isinstance(a, Tensor))
         slots = tuple(s for a, s in tensors if isinstance(a, Tensor))
         call = _Call(self, module, frame.rule, output.detach(), slots)
-        return _RuleFunction.apply(call, output.detach(), *inputs)
+        routed = _RuleFunction.apply(call, output.detach(), *inputs)
+        self.last_routed = (routed, call, inputs)
+        return routed
 
     def _check_outside_rule(self, module: Module) -> None:
         if self.inside:
@@ -226,12 +242,29 @@ class _Session:
         if not isinstance(output, Tensor):
             raise TypeError(f"{self._name(module)} returns {type(output).__name__}, not a tensor.")
         self.start_output = output
+        self.start_call = self.routed_call(output)
         raise _StopForward
+
+    def _enter_start(self, module: Module, args: tuple[Any, ...]) -> None:
+        if not self.paused:
+            self.start_depth += 1
+
+    def routed_call(self, output: Tensor) -> tuple[_Call, tuple[Tensor, ...]] | None:
+        """The routed call that returned ``output``, if the latest one did."""
+        if self.last_routed is not None and self.last_routed[0] is output:
+            return self.last_routed[1], self.last_routed[2]
+        return None
 
     def rule_backward(
         self, call: _Call, inputs: tuple[Tensor, ...], grad_output: Tensor
     ) -> list[Tensor | None]:
-        relevance = call.output * grad_output
+        return self.input_ratios(call, inputs, call.output * grad_output)
+
+    def input_ratios(
+        self, call: _Call, inputs: tuple[Tensor, ...], relevance: Tensor
+    ) -> list[Tensor | None]:
+        """``R_in / x`` for each input of a routed call from the relevance at its
+        output; relevance of the model's own inputs goes to ``input_relevance``."""
         exact = any(slot is not None for slot in call.slots)
         apply = rule_relevance if exact else rule_ratio
         results = apply(call.rule, call.module, inputs, call.output, relevance)
@@ -310,8 +343,24 @@ def propagate(
                 wrt = session.target_tensors
             value = origin.detach()
             relevance = start_relevance(value)
-            grads = torch.autograd.grad(
-                origin, wrt, relevance_ratio(relevance, value), allow_unused=True
+            routed = session.start_call if start is not None else session.routed_call(origin)
+            if routed is None:
+                outputs, ratios = [origin], [relevance_ratio(relevance, value)]
+            else:
+                # The module that produced the start tensor applies its rule to the
+                # relevance itself: R / x would drop relevance where its output is 0
+                # (denoised components, a ReLU's dead units).
+                call, call_inputs = routed
+                found = session.input_ratios(
+                    call, tuple(x.detach() for x in call_inputs), relevance
+                )
+                pairs = [(x, c) for x, c in zip(call_inputs, found, strict=True) if c is not None]
+                outputs = [x for x, _ in pairs if x.requires_grad]
+                ratios = [c for x, c in pairs if x.requires_grad]
+            grads = (
+                torch.autograd.grad(outputs, wrt, ratios, allow_unused=True)
+                if outputs
+                else (None,) * len(wrt)
             )
     finally:
         session.remove()
