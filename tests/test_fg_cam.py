@@ -682,3 +682,12 @@ def test_lrp_target_errors(tiny_vgg: TinyVGG, images: Tensor) -> None:
         PropagationLRP(tiny_vgg).attribute(images)
     with pytest.raises(IndexError, match="out of range"):
         CLRP(tiny_vgg).attribute(images, target=7)
+
+
+def test_a_rule_attribute_that_is_not_a_rule(tiny_vgg: TinyVGG, images: Tensor) -> None:
+    tiny_vgg.features[0].rule = "z+"
+    try:
+        with pytest.raises(TypeError, match="not a Captum PropagationRule"):
+            FGCam(LayerGradCam(tiny_vgg, tiny_vgg.features[-1])).attribute(images, target=0)
+    finally:
+        del tiny_vgg.features[0].rule

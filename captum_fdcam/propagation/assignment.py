@@ -143,6 +143,7 @@ class RuleAssignment:
                 )
         self.input_rule = input_rule
         self._cache: dict[tuple[int, bool], PropagationRule | None] = {}
+        self._has_rule: dict[int, bool] = {}
 
     def rule(self, module: Module, receives_input: bool) -> PropagationRule | None:
         """The module's rule; ``None`` when relevance simply follows its values."""
@@ -153,11 +154,12 @@ class RuleAssignment:
 
     def has_rule(self, module: Module) -> bool:
         """Whether the module propagates through a rule (before knowing its inputs)."""
-        return (
-            isinstance(getattr(module, "rule", None), PropagationRule)
-            or id(module) in self._by_module
-            or self._type_spec(module) is not None
-        )
+        if getattr(module, "rule", None) is not None:
+            return True  # _resolve checks that it is a PropagationRule
+        key = id(module)
+        if key not in self._has_rule:
+            self._has_rule[key] = key in self._by_module or self._type_spec(module) is not None
+        return self._has_rule[key]
 
     def _type_spec(self, module: Module) -> RuleSpec | None:
         for kind in type(module).__mro__:
