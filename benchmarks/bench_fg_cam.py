@@ -16,7 +16,7 @@ Every configuration runs in a fresh subprocess (``--worker``), as in
 
 Usage::
 
-    python benchmarks/bench_fg_cam.py            # full run (~15 min on 2 cores)
+    python benchmarks/bench_fg_cam.py            # full run (~12 min on 2 cores)
     python benchmarks/bench_fg_cam.py --quick    # smoke test (ResNet-50, batch 1)
 """
 
@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 import warnings
@@ -45,6 +46,8 @@ from _common import (
     fmt,
     measure,
     measure_calls,
+    proc_status_kib,
+    release_free_memory,
     short_error,
     worker_main,
 )
@@ -166,11 +169,24 @@ def run_worker(config: dict[str, Any]) -> dict[str, Any]:
     def timed() -> Any:
         return next(calls, quiet_call)()
 
+    def collected_rss_mib() -> float:
+        release_free_memory()
+        return proc_status_kib("VmRSS") / 1024
+
     attr, result = measure_calls(
-        timed, config["repeats"], config["max_seconds"], min_repeats=config["min_repeats"]
+        timed,
+        config["repeats"],
+        config["max_seconds"],
+        min_repeats=config["min_repeats"],
+        on_first_call=collected_rss_mib,
     )
-    result.pop("extra")
-    extra: dict[str, Any] = {}
+    # Memory that the timed calls keep after they return (a leak): the resident set
+    # after them minus the one after the first call, both collected (gc.collect,
+    # malloc_trim) with the first call's result still held, per timed call.
+    rss_after_first = result.pop("extra")
+    repeats = result["repeats"]
+    growth = (collected_rss_mib() - rss_after_first) / repeats if repeats else None
+    extra: dict[str, Any] = {"output_shape": list(attr.shape)}
     if config["impl"] in LRPS:
         totals = attr.detach().double().flatten(1).sum(1)
         extra["relevance_over_logit"] = (totals / logits.double()).tolist()
@@ -180,7 +196,8 @@ def run_worker(config: dict[str, Any]) -> dict[str, Any]:
         | {
             "s_per_image": result["median_s"] / config["batch"],
             "threads": torch.get_num_threads(),
-            "output_shape": list(attr.shape),
+            "rss_after_first_call_mib": rss_after_first,
+            "rss_growth_mib_per_call": growth,
             "targets": targets,
             "target_logits": logits.tolist(),
             "warnings": caught[:3],
@@ -258,14 +275,15 @@ def _impl_cell(row: dict[str, Any]) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     header = (
         "| model | batch | implementation | output | s / image | × floor | × Captum LRP "
-        "| peak extra MiB | relevance / target logit | repeats | other CPU use |\n"
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| peak extra MiB | RSS growth MiB / call | relevance / target logit | repeats "
+        "| other CPU use |\n"
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for row in rows:
         cells = [row["model"], str(row["batch"]), _impl_cell(row)]
         if "error" in row:
-            cells += ["", f"error: {short_error(row['error'])}", "", "", "", "", "", ""]
+            cells += ["", f"error: {short_error(row['error'])}", "", "", "", "", "", "", ""]
         else:
             ratio = fmt(row.get("ratio_to_floor"), ".2f")
             if row["impl"] == FG and row.get("ratio_to_floor") is not None:
@@ -276,6 +294,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 ratio,
                 fmt(row.get("ratio_to_captum_lrp"), ".2f"),
                 f"{row['peak_extra_mib']:.0f}",
+                fmt(row.get("rss_growth_mib_per_call"), ".0f"),
                 _relevance_cell(row),
                 str(row["repeats"]),
                 fmt(row.get("foreign_cpu_share"), ".0%"),
@@ -305,6 +324,36 @@ def warnings_list(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" if lines else "- (none)\n"
 
 
+def library_source() -> dict[str, Any]:
+    """The git commit of the checkout, and the files of ``captum_fdcam/`` that differ from it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+        return done.stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "captum_fdcam")
+    return {"commit": git("rev-parse", "HEAD") or None, "changed": changed.splitlines()}
+
+
+def source_line(env: dict[str, Any]) -> str:
+    start, end = env["source_start"], env["source_end"]
+    line = f"commit `{(start['commit'] or 'unknown')[:12]}`"
+    if start["changed"]:
+        line += f", with uncommitted changes ({len(start['changed'])} files)"
+    if end != start:
+        line += (
+            f"; **changed during the run** (at the end: `{(end['commit'] or 'unknown')[:12]}`"
+            f", {len(end['changed'])} uncommitted files): workers may have run different code"
+        )
+    return line
+
+
 def markdown_report(
     env: dict[str, Any],
     rows: list[dict[str, Any]],
@@ -318,6 +367,7 @@ def markdown_report(
     return f"""# FG-CAM: FG-Grad-CAM to the input against forward + backward and Captum's LRP
 
 {environment_lines(env, total_s)}
+- captum_fdcam source: {source_line(env)}
 
 Models (torchvision), with the base layer of Grad-CAM and the middle layer of `LayerFGCam`:
 
@@ -346,6 +396,11 @@ one random target class per image.
 - **peak extra MiB**: each configuration runs in a fresh process; peak resident set
   (VmHWM, reset through /proc/self/clear_refs) during the first call minus the resident
   set just before it.
+- **RSS growth MiB / call**: resident set after the timed repeats minus the one after the
+  first call, both after `gc.collect()` and `malloc_trim(0)` (with the first call's result
+  still held), divided by `repeats`: memory each call keeps after it returns. ≈ 0 unless
+  something leaks (a one-off growth, e.g. of the allocator's heap, is spread over the
+  repeats); where it is large, the later repeats also pay for fresh pages.
 - **relevance / target logit**: per image, the sum of the input relevance over channels
   and pixels divided by the target logit, where both LRPs start; min … max over the batch.
   The rules conserve relevance only approximately (z^B at the input, Captum's ε rules),
@@ -399,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.models, args.batch_sizes, args.repeats, args.min_repeats = ["resnet50"], [1], 1, 1
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-    env = environment(args, command)
+    env = environment(args, command) | {"source_start": library_source()}
     configs = build_configs(args)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -413,6 +468,8 @@ def main(argv: list[str] | None = None) -> None:
             else f"{row['s_per_image']:.3f} s/image ({row['repeats']} repeats), "
             f"peak +{row['peak_extra_mib']:.0f} MiB"
         )
+        if row.get("rss_growth_mib_per_call") is not None:
+            summary += f", RSS +{row['rss_growth_mib_per_call']:.0f} MiB/call"
         if row.get("relevance_over_logit"):
             summary += f", relevance/logit {_relevance_cell(row)}"
         print(
@@ -421,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     total_s = time.perf_counter() - start
+    env["source_end"] = library_source()
     add_ratios(rows)
     checks = check_targets(rows, args)
     report = markdown_report(env, rows, checks, total_s)
