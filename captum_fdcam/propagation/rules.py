@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, IdentityRule, PropagationRule
 from torch import Tensor
-from torch.func import functional_call
 from torch.nn import Module
 
 
@@ -80,6 +79,21 @@ def _single_input(inputs: Sequence[Tensor], rule: str) -> Tensor:
     if len(inputs) != 1:
         raise ValueError(f"{rule} propagates through modules with one input, got {len(inputs)}.")
     return inputs[0]
+
+
+def functional_call(module: Module, parameters: dict[str, Tensor], args: tuple[Tensor, ...]) -> Any:
+    """``module.forward(*args)`` with some parameters replaced for this call only.
+
+    Unlike ``torch.func.functional_call`` it calls ``forward`` directly: the rule's
+    extra evaluations must not reach the module's hooks (the user's, or a
+    capture's, which would see calls that are not part of the model's pass).
+    """
+    saved = {name: module._parameters[name] for name in parameters}
+    try:
+        module._parameters.update(parameters)
+        return module.forward(*args)
+    finally:
+        module._parameters.update(saved)
 
 
 def _zero_bias(module: Module) -> dict[str, Tensor]:
