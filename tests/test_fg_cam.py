@@ -706,3 +706,22 @@ def test_one_forward_pass_serves_the_base_cam_and_the_propagation(
     finally:
         handle.remove()
     assert sum(calls) == len(images)
+
+
+def test_no_memory_is_kept_between_calls(tiny_vgg: TinyVGG, images: Tensor) -> None:
+    import gc
+
+    def live_tensors() -> int:
+        gc.collect()
+        return sum(issubclass(type(o), Tensor) for o in gc.get_objects())
+
+    for attribution in (
+        FGCam(LayerGradCam(tiny_vgg, tiny_vgg.features[-1])),
+        LayerFGCam(LayerGradCam(tiny_vgg, tiny_vgg.features[-1]), tiny_vgg.features[5]),
+        PropagationLRP(tiny_vgg),
+    ):
+        attribution.attribute(images, target=1)
+        before = live_tensors()
+        for _ in range(3):
+            attribution.attribute(images, target=1)
+        assert live_tensors() == before, type(attribution).__name__

@@ -135,6 +135,14 @@ class _Session:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        # The autograd graph refers to this session (through each routed call) and
+        # these refer to the graph: a cycle through C++ nodes that Python's
+        # collector cannot break, so it is cut here.
+        self.frames.clear()
+        self.last_routed = None
+        self.start_call = None
+        self.start_output = None
+        self.target_tensors = None
 
     def _name(self, module: Module) -> str:
         return layer_name(self.model, module)

@@ -151,7 +151,10 @@ class ZPlusRule(Alpha1_Beta0_Rule, EngineRule):
         ``W^{+T} s`` (and ``W^{-T} s``) with ``s = R / z``."""
         x = _single_input(inputs, "ZPlusRule")
         weight = _weight(module, "ZPlusRule")
-        positive = x.clamp(min=0).requires_grad_()
+        # Inputs after a ReLU have no negative part: one pass to find out saves a
+        # copy and, for weighted layers, a second convolution.
+        signed = x.numel() > 0 and bool(x.min() < 0)
+        positive = (x.clamp(min=0) if signed else x.detach()).requires_grad_()
         with torch.enable_grad():
             if weight is None:
                 z = module.forward(positive)
@@ -160,7 +163,7 @@ class ZPlusRule(Alpha1_Beta0_Rule, EngineRule):
                 bias = _zero_bias(module)
                 z = functional_call(module, {"weight": weight.clamp(min=0), **bias}, (positive,))
                 parts = (positive,)
-                if bool((x < 0).any()):
+                if signed:
                     negative = x.clamp(max=0).requires_grad_()
                     z = z + functional_call(
                         module, {"weight": weight.clamp(max=0), **bias}, (negative,)
