@@ -691,3 +691,37 @@ def test_a_rule_attribute_that_is_not_a_rule(tiny_vgg: TinyVGG, images: Tensor) 
             FGCam(LayerGradCam(tiny_vgg, tiny_vgg.features[-1])).attribute(images, target=0)
     finally:
         del tiny_vgg.features[0].rule
+
+
+@pytest.mark.parametrize("name", ["Grad-CAM", "FD-CAM"])
+def test_one_forward_pass_serves_the_base_cam_and_the_propagation(
+    tiny_vgg: TinyVGG, images: Tensor, name: str
+) -> None:
+    # Images the first conv computes on (FD-CAM's replay of the pre-layer network
+    # for the switched copies calls it on empty batches).
+    calls: list[int] = []
+    handle = tiny_vgg.features[0].register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    try:
+        FGCam(METHODS[name](tiny_vgg, tiny_vgg.features[-1])).attribute(images, target=0)
+    finally:
+        handle.remove()
+    assert sum(calls) == len(images)
+
+
+def test_no_memory_is_kept_between_calls(tiny_vgg: TinyVGG, images: Tensor) -> None:
+    import gc
+
+    def live_tensors() -> int:
+        gc.collect()
+        return sum(issubclass(type(o), Tensor) for o in gc.get_objects())
+
+    for attribution in (
+        FGCam(LayerGradCam(tiny_vgg, tiny_vgg.features[-1])),
+        LayerFGCam(LayerGradCam(tiny_vgg, tiny_vgg.features[-1]), tiny_vgg.features[5]),
+        PropagationLRP(tiny_vgg),
+    ):
+        attribution.attribute(images, target=1)
+        before = live_tensors()
+        for _ in range(3):
+            attribution.attribute(images, target=1)
+        assert live_tensors() == before, type(attribution).__name__

@@ -121,7 +121,13 @@ class LayerCamBase(LayerAttribution):
         grad_kwargs: dict[str, Any] | None,
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
+        record_graph: bool = False,
     ) -> LayerState:
+        """Runs the forward pass (and the backward pass to the layer when needed).
+
+        ``record_graph`` keeps gradients on before the layer, for a caller that
+        also propagates through that part of the same pass (FG-CAM).
+        """
         formatted = _format_tensor_into_tuples(inputs)
         check_inputs(formatted)
         extra = _format_additional_forward_args(additional_forward_args)
@@ -137,7 +143,7 @@ class LayerCamBase(LayerAttribution):
         # Nothing before the layer needs a graph: the forward pass starts without one
         # and the layer's hook switches gradients on (also when the caller runs under
         # torch.no_grad()), which saves the memory of the pre-layer graph.
-        with torch.set_grad_enabled(False):
+        with torch.set_grad_enabled(record_graph):
             with capture, recorder or nullcontext():
                 output = _run_forward(self.forward_func, formatted, None, extra)
         with torch.set_grad_enabled(self.requires_gradients):

@@ -38,7 +38,7 @@ from torch.nn import Module
 from captum_fdcam._core.base import LayerCamBase
 from captum_fdcam._core.validation import check_inputs, check_layer, owning_module
 from captum_fdcam.methods.gradient import LayerGradCam
-from captum_fdcam.propagation import RuleAssignment, ZBoxRule, propagate
+from captum_fdcam.propagation import Propagation, RuleAssignment, ZBoxRule
 from captum_fdcam.propagation.assignment import RuleSpec
 
 
@@ -127,6 +127,7 @@ class _FineGrained:
         perturbations_per_eval: int,
         show_progress: bool,
         grad_kwargs: dict[str, Any] | None,
+        record_graph: bool = False,
     ) -> Tensor:
         base = self.base_cam
         state = base._layer_state(
@@ -137,6 +138,7 @@ class _FineGrained:
             grad_kwargs,
             perturbations_per_eval,
             show_progress,
+            record_graph,
         )
         if len(state.activations) != 1:
             raise ValueError("FG-CAM needs a base CAM layer with a single output.")
@@ -162,22 +164,23 @@ class _FineGrained:
         formatted = _format_tensor_into_tuples(inputs)
         check_inputs(formatted)
         extra = _format_additional_forward_args(additional_forward_args)
-        components = self.components(
-            formatted, target, extra, perturbations_per_eval, show_progress, grad_kwargs
-        )
+        options = (target, extra, perturbations_per_eval, show_progress, grad_kwargs)
         if layer is self.base_cam.layer and not attribute_to_layer_input:
-            relevances: tuple[Tensor, ...] = (components,)
+            relevances: tuple[Tensor, ...] = (self.components(formatted, *options),)
         else:
-            relevances = propagate(
+            # The base CAM's forward pass also records the propagation graph of
+            # the network before its layer: one forward pass serves both.
+            with Propagation(
                 self.model,
                 RuleAssignment(self.rules, self.input_rule),
                 formatted,
-                extra,
-                start_relevance=lambda _: components,
                 start=self.base_cam.layer,
                 target=layer,
                 target_input=attribute_to_layer_input,
-            )
+                stop_at_start=False,
+            ) as run:
+                components = self.components(run.inputs, *options, record_graph=True)
+                relevances = run.relevance(lambda _: components)
         maps = tuple(r.sum(dim=1, keepdim=True) for r in relevances)
         return tuple(torch.relu(m) for m in maps) if relu_attributions else maps
 

@@ -1,11 +1,12 @@
 """Relevance propagation: LRP rules (Captum's classes), their assignment, the engine."""
 
 from captum_fdcam.propagation.assignment import RuleAssignment, default_rules
-from captum_fdcam.propagation.engine import propagate
+from captum_fdcam.propagation.engine import Propagation, propagate
 from captum_fdcam.propagation.rules import EngineRule, ZBoxRule, ZPlusRule, rule_relevance
 
 __all__ = [
     "EngineRule",
+    "Propagation",
     "RuleAssignment",
     "ZBoxRule",
     "ZPlusRule",

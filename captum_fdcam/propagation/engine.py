@@ -96,6 +96,8 @@ class _Session:
     start: Module | None
     target: Module | None
     target_input: bool
+    #: Stop the forward pass at ``start`` (else the rest runs without routing).
+    stop_at_start: bool = True
     paused: bool = False
     inside: int = 0
     frames: list[_Frame | None] = field(default_factory=list)
@@ -133,6 +135,14 @@ class _Session:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        # The autograd graph refers to this session (through each routed call) and
+        # these refer to the graph: a cycle through C++ nodes that Python's
+        # collector cannot break, so it is cut here.
+        self.frames.clear()
+        self.last_routed = None
+        self.start_call = None
+        self.start_output = None
+        self.target_tensors = None
 
     def _name(self, module: Module) -> str:
         return layer_name(self.model, module)
@@ -243,7 +253,13 @@ class _Session:
             raise TypeError(f"{self._name(module)} returns {type(output).__name__}, not a tensor.")
         self.start_output = output
         self.start_call = self.routed_call(output)
-        raise _StopForward
+        if self.stop_at_start:
+            raise _StopForward
+        # Nothing after the start layer propagates relevance: the rest of this
+        # pass, and any later pass, runs as if the hooks were not there, and
+        # without a graph unless the caller's own hooks switch it back on.
+        self.paused = True
+        torch.set_grad_enabled(False)
 
     def _enter_start(self, module: Module, args: tuple[Any, ...]) -> None:
         if not self.paused:
@@ -287,63 +303,92 @@ class _Session:
         return grads
 
 
-def propagate(
-    model: Module,
-    assignment: RuleAssignment,
-    inputs: tuple[Tensor, ...],
-    additional_forward_args: Any,
-    start_relevance: Callable[[Tensor], Tensor],
-    start: Module | None = None,
-    target: Module | None = None,
-    target_input: bool = False,
-) -> tuple[Tensor, ...]:
-    """Propagates relevance from ``start`` (or the model's output) to ``target``.
+class Propagation:
+    """One forward pass with rules attached, then the relevance backward pass.
+
+    Use as a context manager: the hooks are removed when it ends, also on errors.
+    Inside it, run the model once on :attr:`inputs` (gradients must be enabled
+    for the part before ``start``), then call :meth:`relevance`. With
+    ``stop_at_start=False`` the forward pass runs to the end, unrouted after
+    ``start``, so the same pass can serve another method (a base CAM).
 
     Args:
-        model: the model; its forward pass is run once, up to ``start``.
+        model: the model.
         assignment: the rule of each module.
-        inputs: the model's inputs (not modified).
-        additional_forward_args: formatted further arguments of the model.
-        start_relevance: maps the (detached) output of ``start`` (or the model's
-            output when ``start`` is None) to the relevance there, same shape.
-        start: the module where relevance starts; the forward pass stops there.
+        inputs: the model's inputs (not modified; :attr:`inputs` are detached
+            copies that require gradients).
+        start: the module where relevance starts (``None``: the model's output).
         target: the module whose output (input with ``target_input``) receives
             the relevance; ``None`` for the model's inputs.
         target_input: relevance of ``target``'s input instead of its output.
-
-    Returns:
-        The relevance of each tensor of the target (or of each input), detached.
+        stop_at_start: stop the forward pass at ``start``.
     """
-    leaves = tuple(x.detach().requires_grad_() for x in inputs)
-    session = _Session(model, assignment, leaves, start, target, target_input)
-    try:
-        session.install()
+
+    def __init__(
+        self,
+        model: Module,
+        assignment: RuleAssignment,
+        inputs: tuple[Tensor, ...],
+        start: Module | None = None,
+        target: Module | None = None,
+        target_input: bool = False,
+        stop_at_start: bool = True,
+    ) -> None:
+        self.inputs = tuple(x.detach().requires_grad_() for x in inputs)
+        self._session = _Session(
+            model, assignment, self.inputs, start, target, target_input, stop_at_start
+        )
+        self.output: Tensor | None = None
+
+    def __enter__(self) -> Propagation:
+        self._session.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._session.remove()
+
+    def forward(self, additional_forward_args: Any) -> None:
+        """Runs the model (up to ``start`` when stopping there)."""
         with torch.enable_grad():
             try:
-                output = _run_forward(model, leaves, None, additional_forward_args)
-            except _StopForward:
-                output = None
-            session.paused = True
-            origin = output if start is None else session.start_output
-            if start is not None and origin is None:
-                raise RuntimeError(
-                    f"{session._name(start)} was not called in the forward pass."
-                )  # pragma: no cover - the base CAM has checked this
-            if not isinstance(origin, Tensor):
-                raise TypeError(f"The model returned {type(origin).__name__}, not a tensor.")
-            if target is None:
-                wrt: Sequence[Tensor] = leaves
-            elif session.target_tensors is None:
-                where = "" if start is None else f" before {session._name(start)}"
-                raise ValueError(
-                    f"{session._name(target)} is not called{where} in the forward pass: "
-                    "relevance propagates from the output towards the input only."
+                self.output = _run_forward(
+                    self._session.model, self.inputs, None, additional_forward_args
                 )
-            else:
-                wrt = session.target_tensors
-            value = origin.detach()
-            relevance = start_relevance(value)
-            routed = session.start_call if start is not None else session.routed_call(origin)
+            except _StopForward:
+                self.output = None
+
+    def relevance(self, start_relevance: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
+        """Propagates from ``start`` to the target.
+
+        Args:
+            start_relevance: maps the (detached) output of ``start`` (or the
+                model's output) to the relevance there, same shape.
+
+        Returns:
+            The relevance of each tensor of the target (or of each input), detached.
+        """
+        session = self._session
+        session.paused = True
+        start, target = session.start, session.target
+        origin = self.output if start is None else session.start_output
+        if start is not None and origin is None:
+            raise RuntimeError(f"{session._name(start)} was not called in the forward pass.")
+        if not isinstance(origin, Tensor):
+            raise TypeError(f"The model returned {type(origin).__name__}, not a tensor.")
+        if target is None:
+            wrt: Sequence[Tensor] = self.inputs
+        elif session.target_tensors is None:
+            where = "" if start is None else f" before {session._name(start)}"
+            raise ValueError(
+                f"{session._name(target)} is not called{where} in the forward pass: "
+                "relevance propagates from the output towards the input only."
+            )
+        else:
+            wrt = session.target_tensors
+        value = origin.detach()
+        relevance = start_relevance(value)
+        routed = session.start_call if start is not None else session.routed_call(origin)
+        with torch.enable_grad():
             if routed is None:
                 outputs, ratios = [origin], [relevance_ratio(relevance, value)]
             else:
@@ -362,16 +407,35 @@ def propagate(
                 if outputs
                 else (None,) * len(wrt)
             )
-    finally:
-        session.remove()
-    results = []
-    for tensor, grad in zip(wrt, grads, strict=True):
-        slot = session._slot(tensor)
-        if grad is None and slot is None:
-            raise ValueError(
-                f"{session._name(target) if target is not None else 'The input'} does not "
-                "lead to the layer where relevance starts: no relevance reaches it."
-            )
-        own = torch.zeros_like(tensor) if grad is None else tensor.detach() * grad
-        results.append(own if slot is None else own + session.input_relevance[slot])
-    return tuple(results)
+        results = []
+        for tensor, grad in zip(wrt, grads, strict=True):
+            slot = session._slot(tensor)
+            if grad is None and slot is None:
+                name = "The input" if target is None else session._name(target)
+                raise ValueError(
+                    f"{name} does not lead to the layer where relevance starts: no "
+                    "relevance reaches it."
+                )
+            own = torch.zeros_like(tensor) if grad is None else tensor.detach() * grad
+            results.append(own if slot is None else own + session.input_relevance[slot])
+        return tuple(results)
+
+
+def propagate(
+    model: Module,
+    assignment: RuleAssignment,
+    inputs: tuple[Tensor, ...],
+    additional_forward_args: Any,
+    start_relevance: Callable[[Tensor], Tensor],
+    start: Module | None = None,
+    target: Module | None = None,
+    target_input: bool = False,
+) -> tuple[Tensor, ...]:
+    """Propagates relevance from ``start`` (or the model's output) to ``target``.
+
+    One forward pass (stopped at ``start``) and one backward pass; see
+    :class:`Propagation` for the arguments.
+    """
+    with Propagation(model, assignment, inputs, start, target, target_input) as run:
+        run.forward(additional_forward_args)
+        return run.relevance(start_relevance)

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, IdentityRule, PropagationRule
 from torch import Tensor
-from torch.func import functional_call
 from torch.nn import Module
 
 
@@ -80,6 +79,21 @@ def _single_input(inputs: Sequence[Tensor], rule: str) -> Tensor:
     if len(inputs) != 1:
         raise ValueError(f"{rule} propagates through modules with one input, got {len(inputs)}.")
     return inputs[0]
+
+
+def functional_call(module: Module, parameters: dict[str, Tensor], args: tuple[Tensor, ...]) -> Any:
+    """``module.forward(*args)`` with some parameters replaced for this call only.
+
+    Unlike ``torch.func.functional_call`` it calls ``forward`` directly: the rule's
+    extra evaluations must not reach the module's hooks (the user's, or a
+    capture's, which would see calls that are not part of the model's pass).
+    """
+    saved = {name: module._parameters[name] for name in parameters}
+    try:
+        module._parameters.update(parameters)
+        return module.forward(*args)
+    finally:
+        module._parameters.update(saved)
 
 
 def _zero_bias(module: Module) -> dict[str, Tensor]:
@@ -137,7 +151,10 @@ class ZPlusRule(Alpha1_Beta0_Rule, EngineRule):
         ``W^{+T} s`` (and ``W^{-T} s``) with ``s = R / z``."""
         x = _single_input(inputs, "ZPlusRule")
         weight = _weight(module, "ZPlusRule")
-        positive = x.clamp(min=0).requires_grad_()
+        # Inputs after a ReLU have no negative part: one pass to find out saves a
+        # copy and, for weighted layers, a second convolution.
+        signed = x.numel() > 0 and bool(x.min() < 0)
+        positive = (x.clamp(min=0) if signed else x.detach()).requires_grad_()
         with torch.enable_grad():
             if weight is None:
                 z = module.forward(positive)
@@ -146,7 +163,7 @@ class ZPlusRule(Alpha1_Beta0_Rule, EngineRule):
                 bias = _zero_bias(module)
                 z = functional_call(module, {"weight": weight.clamp(min=0), **bias}, (positive,))
                 parts = (positive,)
-                if bool((x < 0).any()):
+                if signed:
                     negative = x.clamp(max=0).requires_grad_()
                     z = z + functional_call(
                         module, {"weight": weight.clamp(max=0), **bias}, (negative,)
