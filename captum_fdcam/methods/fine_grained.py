@@ -222,9 +222,9 @@ class LayerFGCam(LayerAttribution, GradientAttribution):
     to the summands at residual additions) to ``layer`` and summed over its
     channels. At the base CAM's own layer this is the base CAM's map.
 
-    Cost: the base CAM, plus one forward pass up to the base layer and one
-    backward pass (each convolution's rule costs about a forward and a backward
-    convolution; two for layers with signed inputs).
+    Cost: the base CAM, whose forward pass also records the propagation, plus one
+    backward pass from the base layer (each convolution's rule costs a convolution
+    and its input gradient; two of each where the layer's input has negative values).
 
     Qiu et al., "Empowering CAM-Based Methods with Capability to Generate
     Fine-Grained and High-Faithfulness Explanations", AAAI 2024.
