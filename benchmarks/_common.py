@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 IMAGE_SIZE = 224
@@ -240,6 +241,27 @@ def measure(script: str, config: dict[str, Any], args: argparse.Namespace) -> di
         )
     assert best is not None
     return best
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    repeats: int,
+    repeats_help: str,
+    max_seconds: float,
+    at_least: str,
+    quick_help: str,
+) -> None:
+    """``--repeats``, ``--max-seconds``, ``--out`` and ``--quick``, as every script has them."""
+    parser.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=max_seconds,
+        help=f"fewer repeats ({at_least}) where they would take longer than this",
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--quick", action="store_true", help=quick_help)
 
 
 def add_measuring_arguments(parser: argparse.ArgumentParser, timeout_s: float = 1200.0) -> None:

@@ -40,6 +40,7 @@ from _common import (
     MODEL_SEED,
     NUM_CLASSES,
     add_measuring_arguments,
+    add_run_arguments,
     build,
     environment,
     environment_lines,
@@ -428,22 +429,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument(
-        "--repeats", type=int, default=7, help="timed calls per configuration (after warm-up)"
-    )
-    parser.add_argument(
         "--min-repeats", type=int, default=3, help="timed calls made even where they are slow"
     )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=15.0,
-        help="fewer repeats (at least --min-repeats) where they would take longer than this",
-    )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke test: resnet50, batch 1, 1 repeat; writes fg_cam_quick.*",
+    add_run_arguments(
+        parser,
+        repeats=7,
+        repeats_help="timed calls per configuration (after warm-up)",
+        max_seconds=15.0,
+        at_least="at least --min-repeats",
+        quick_help="smoke test: resnet50, batch 1, 1 repeat; writes fg_cam_quick.*",
     )
     add_measuring_arguments(parser)
     return parser.parse_args(argv)

@@ -34,6 +34,7 @@ from _common import (
     IMAGE_SIZE,
     MODEL_SEED,
     add_measuring_arguments,
+    add_run_arguments,
     build,
     environment,
     fmt,
@@ -317,20 +318,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "vgg16"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
-    parser.add_argument(
-        "--repeats", type=int, default=7, help="timed calls per configuration (after warm-up)"
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=10.0,
-        help="fewer repeats (at least 2) where they would take longer than this",
-    )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke test: resnet18, batch 1, 1 repeat; writes gradient_cams_quick.*",
+    add_run_arguments(
+        parser,
+        repeats=7,
+        repeats_help="timed calls per configuration (after warm-up)",
+        max_seconds=10.0,
+        at_least="at least 2",
+        quick_help="smoke test: resnet18, batch 1, 1 repeat; writes gradient_cams_quick.*",
     )
     add_measuring_arguments(parser)
     return parser.parse_args(argv)

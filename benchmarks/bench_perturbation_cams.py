@@ -26,13 +26,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from _common import (
     IMAGE_SIZE,
     MODEL_SEED,
     add_measuring_arguments,
+    add_run_arguments,
     build,
     environment,
     environment_lines,
@@ -498,18 +498,13 @@ copies are never held at once, so memory grows with `perturbations_per_eval`, no
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "vgg16"])
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timed calls of the fast configurations"
-    )
-    parser.add_argument(
-        "--max-seconds",
-        type=float,
-        default=20.0,
-        help="fewer repeats (at least 1) where they would take longer than this",
-    )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument(
-        "--quick", action="store_true", help="ResNet-18 only; writes perturbation_cams_quick.*"
+    add_run_arguments(
+        parser,
+        repeats=3,
+        repeats_help="timed calls of the fast configurations",
+        max_seconds=20.0,
+        at_least="at least 1",
+        quick_help="ResNet-18 only; writes perturbation_cams_quick.*",
     )
     add_measuring_arguments(parser, timeout_s=900.0)
     return parser.parse_args(argv)
