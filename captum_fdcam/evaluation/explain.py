@@ -1,0 +1,154 @@
+"""An ``explain_func`` for Quantus that runs any method of this library or of Captum.
+
+Quantus calls ``explain_func(model=model, inputs=x_batch, targets=y_batch,
+**explain_func_kwargs)`` with numpy arrays and expects numpy attributions back::
+
+    import quantus
+    from captum_fdcam.evaluation import explain
+
+    metric = quantus.PixelFlipping(features_in_step=224)
+    scores = metric(model, x_batch, y_batch, explain_func=explain,
+                    explain_func_kwargs={"method": "FD-CAM", "layer": "layer4"})
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import captum.attr
+import numpy as np
+import torch
+from captum.attr import Attribution, LayerAttribution
+from torch import Tensor, nn
+
+import captum_fdcam
+from captum_fdcam.methods.fine_grained import FGCam, LayerFGCam
+
+#: Prefix of a name that asks for FG-CAM at the input over a CAM: "FG-Grad-CAM".
+FG_PREFIX = "FG-"
+
+
+def method_class(method: str | type) -> type:
+    """The attribution class for a name of this library (``"FD-CAM"``, ``"LayerFDCam"``)
+    or of Captum (``"LayerGradCam"``, ``"IntegratedGradients"``), or the class itself."""
+    if isinstance(method, type):
+        if not issubclass(method, Attribution):
+            raise TypeError(f"{method.__name__} is not a Captum Attribution class.")
+        return method
+    if method in captum_fdcam.METHODS:
+        return captum_fdcam.METHODS[method]
+    for namespace in (captum_fdcam, captum.attr):
+        found = getattr(namespace, method, None)
+        if isinstance(found, type) and issubclass(found, Attribution):
+            return found
+    known = ", ".join(sorted(captum_fdcam.METHODS))
+    raise ValueError(
+        f"Unknown method {method!r}: use one of {known}, 'FG-' + one of them, or the name "
+        "of an attribution class of captum_fdcam or captum.attr."
+    )
+
+
+def find_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
+    """The module to explain: by name, as given, or by default the offline model's
+    ``head_activation`` or else the last ``Conv2d`` of the model."""
+    if isinstance(layer, nn.Module):
+        return layer
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer)
+        except AttributeError as err:
+            raise ValueError(f"The model has no module named {layer!r}.") from err
+    head = getattr(model, "head_activation", None)
+    if isinstance(head, nn.Module):
+        return head
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("The model has no Conv2d layer: pass layer=<module name>.")
+    return convs[-1]
+
+
+def _build(
+    model: nn.Module, method: str | type, layer: str | nn.Module | None, options: Mapping
+) -> tuple[Attribution, bool]:
+    """The attribution object, and whether it explains a layer (then upsampled)."""
+    if isinstance(method, str) and method.startswith(FG_PREFIX) and method not in dir(captum.attr):
+        base_class = method_class(method[len(FG_PREFIX) :])
+        base = base_class(model, find_layer(model, layer))
+        return FGCam(base, **options), False
+    cls = method_class(method)
+    if issubclass(cls, LayerFGCam):
+        raise ValueError("LayerFGCam explains a layer; use 'FG-<CAM>' for FG-CAM at the input.")
+    if issubclass(cls, LayerAttribution):
+        return cls(model, find_layer(model, layer), **options), True
+    return cls(model, **options), False
+
+
+def explain(
+    model: nn.Module,
+    inputs: np.ndarray | Tensor,
+    targets: np.ndarray | Tensor | int | list[int],
+    *,
+    method: str | type = "Grad-CAM",
+    layer: str | nn.Module | None = None,
+    method_kwargs: Mapping[str, Any] | None = None,
+    attribute_kwargs: Mapping[str, Any] | None = None,
+    relu_attributions: bool = True,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    **kwargs: Any,
+) -> np.ndarray:
+    """Attributions of ``method`` for ``inputs``, (N, 1, H, W), as a numpy array.
+
+    Args:
+        model: the model (left on its device and in its mode; use eval mode).
+        inputs: (N, C, H, W) images (numpy or torch).
+        targets: the class of each image (or one for all).
+        method: a name (``"Grad-CAM"``, ``"FD-CAM"``, ``"FG-Grad-CAM"`` for FG-CAM at
+            the input, ``"LayerFDCam"``, a Captum class name such as
+            ``"IntegratedGradients"``) or an attribution class.
+        layer: the layer of layer methods, a module or its name; default: the
+            offline model's ``head_activation``, else the model's last ``Conv2d``.
+        method_kwargs: options of the method's constructor (``group_fraction``,
+            ``denoise``, ...).
+        attribute_kwargs: further arguments of ``attribute``.
+        relu_attributions: the papers' ReLU on CAM maps (ignored by methods without
+            that argument). Default: True
+        batch_size: images per ``attribute`` call.
+        device: where the inputs go; default: the model's device.
+        kwargs: ignored (Quantus passes its own keywords along).
+
+    Returns:
+        (N, 1, H, W) float32 maps: layer maps upsampled bilinearly to the input size,
+        input maps summed over channels.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if device is None:
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else "cpu"
+    x = torch.as_tensor(np.asarray(inputs) if not isinstance(inputs, Tensor) else inputs)
+    x = x.to(device=device, dtype=torch.float32 if not x.is_floating_point() else x.dtype)
+    if x.dim() != 4:
+        raise ValueError(f"inputs must be (N, C, H, W) images, got shape {tuple(x.shape)}.")
+    y = torch.as_tensor(np.asarray(targets) if not isinstance(targets, Tensor) else targets)
+    y = y.reshape(-1).to(device=device, dtype=torch.long)
+    if y.numel() == 1:
+        y = y.expand(len(x))
+    if len(y) != len(x):
+        raise ValueError(f"{len(y)} targets for {len(x)} inputs.")
+    attribution, is_layer = _build(model, method, layer, method_kwargs or {})
+    options = dict(attribute_kwargs or {})
+    if "relu_attributions" in inspect.signature(attribution.attribute).parameters:
+        options.setdefault("relu_attributions", relu_attributions)
+    maps = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        attr = attribution.attribute(chunk, target=y[start : start + batch_size], **options)
+        if is_layer:
+            attr = LayerAttribution.interpolate(attr, tuple(chunk.shape[-2:]), "bilinear")
+        elif attr.shape[1] != 1:
+            attr = attr.sum(dim=1, keepdim=True)
+        maps.append(attr.detach().float().cpu())
+    return torch.cat(maps).numpy()
