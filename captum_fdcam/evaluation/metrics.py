@@ -279,10 +279,24 @@ class _KeepHalfMetric(_PixelMetric):
         blurred = blur_images(x[None], self.blur_kernel_size, self.blur_sigma)[0]
         return np.where(mask.reshape(1, h, w), x, blurred)
 
-    def _pairs(self, model: Any, x_batch: np.ndarray, y_batch: np.ndarray, a_batch: np.ndarray):
+    @staticmethod
+    def score(original: float, masked: float) -> float:
+        """The metric of one image from the class probability before and after."""
+        raise NotImplementedError
+
+    def evaluate_batch(  # type: ignore[override]
+        self,
+        model: Any,
+        x_batch: np.ndarray,
+        y_batch: np.ndarray,
+        a_batch: np.ndarray,
+        **kwargs: Any,
+    ) -> list[float]:
+        scores = []
         for x, y, a in zip(x_batch, y_batch, a_batch, strict=True):
-            scores = self._scores(model, np.stack([x, self.masked(x, a)]), int(y))
-            yield float(scores[0]), float(scores[1])
+            before, after = self._scores(model, np.stack([x, self.masked(x, a)]), int(y))
+            scores.append(self.score(float(before), float(after)))
+        return scores
 
 
 class AverageDrop(_KeepHalfMetric):
@@ -300,15 +314,9 @@ class AverageDrop(_KeepHalfMetric):
     name = "Average Drop"
     score_direction = ScoreDirection.LOWER
 
-    def evaluate_batch(  # type: ignore[override]
-        self,
-        model: Any,
-        x_batch: np.ndarray,
-        y_batch: np.ndarray,
-        a_batch: np.ndarray,
-        **kwargs: Any,
-    ) -> list[float]:
-        return [100 * max(0.0, y - o) / y for y, o in self._pairs(model, x_batch, y_batch, a_batch)]
+    @staticmethod
+    def score(original: float, masked: float) -> float:
+        return 100 * max(0.0, original - masked) / original
 
 
 class AverageIncrease(_KeepHalfMetric):
@@ -319,15 +327,9 @@ class AverageIncrease(_KeepHalfMetric):
     name = "Average Increase"
     score_direction = ScoreDirection.HIGHER
 
-    def evaluate_batch(  # type: ignore[override]
-        self,
-        model: Any,
-        x_batch: np.ndarray,
-        y_batch: np.ndarray,
-        a_batch: np.ndarray,
-        **kwargs: Any,
-    ) -> list[float]:
-        return [100.0 * (y < o) for y, o in self._pairs(model, x_batch, y_batch, a_batch)]
+    @staticmethod
+    def score(original: float, masked: float) -> float:
+        return 100.0 * (original < masked)
 
 
 class GridPointingGame(_PixelMetric):
