@@ -379,8 +379,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     tables = summarise(records)
     (out / "tables.json").write_text(json.dumps(tables, indent=1))
     header = (
-        f"# Paper tables on {args.data.name} ({len(data)} images, EfficientNet-Lite0, "
-        f"{args.image_size}x{args.image_size}, {world} process(es))"
+        f"# Paper tables on {args.data.name} (EfficientNet-Lite0, "
+        f"{args.image_size}x{args.image_size}; every score in the scores files, however "
+        "many runs wrote them; n per table below)"
     )
     (out / "tables.md").write_text(markdown(tables, header))
     plot_curves(tables, out)
