@@ -160,16 +160,18 @@ def load_image(path: Path, size: int) -> torch.Tensor:
 # ------------------------------------------------------------------- evaluation
 
 
-def _metric(name: str) -> Any:
+def _metric(name: str, table: str) -> Any:
     common = {"disable_warnings": True}
+    # FG-CAM's input-layer tables keep only positive pixels when fewer than half are.
+    keep_half = {"positive_only": table == "fgcam-input", **common}
     if name == "insertion":
         return Insertion(pixels_per_step=0.036, **common)
     if name == "deletion":
         return Deletion(pixels_per_step=0.036, **common)
     if name == "average_drop":
-        return AverageDrop(**common)
+        return AverageDrop(**keep_half)
     if name == "average_increase":
-        return AverageIncrease(**common)
+        return AverageIncrease(**keep_half)
     if name == "gridpg":
         return GridPointingGame(**common)
     raise ValueError(name)
@@ -198,7 +200,7 @@ def score_job(
         a = np.linspace(1.0, 0.5, a.size, dtype=np.float32).reshape(a.shape)
         out["constant_map"] = 1.0
     for name in job.metrics:
-        metric = _metric(name)
+        metric = _metric(name, job.table)
         score = metric(model, x, y, a_batch=a, s_batch=s)
         out[name] = float(score[0])
         if hasattr(metric, "curves"):
