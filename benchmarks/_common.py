@@ -243,6 +243,23 @@ def measure(script: str, config: dict[str, Any], args: argparse.Namespace) -> di
     return best
 
 
+def write_results(out: Any, stem: str, payload: dict[str, Any], report: str) -> None:
+    """Writes ``<stem>.json`` (the payload) and ``<stem>.md`` (the report) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(report)
+
+
+def script_main(
+    run_worker: Callable[[dict[str, Any]], dict[str, Any]], main: Callable[[], None]
+) -> None:
+    """A script's entry point: a measuring worker (``--worker CONFIG``) or the driver."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        worker_main(sys.argv[2], run_worker)
+    else:
+        main()
+
+
 def add_run_arguments(
     parser: argparse.ArgumentParser,
     *,

@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -49,8 +48,9 @@ from _common import (
     measure_calls,
     proc_status_kib,
     release_free_memory,
+    script_main,
     short_error,
-    worker_main,
+    write_results,
 )
 
 FLOOR = "floor"
@@ -476,15 +476,9 @@ def main(argv: list[str] | None = None) -> None:
     add_ratios(rows)
     checks = check_targets(rows, args)
     report = markdown_report(env, rows, checks, total_s)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "fg_cam_quick" if args.quick else "fg_cam"
-    (args.out / f"{stem}.json").write_text(
-        json.dumps(
-            {"environment": env, "total_s": total_s, "targets": checks, "results": rows}, indent=2
-        )
-        + "\n"
-    )
-    (args.out / f"{stem}.md").write_text(report)
+    payload = {"environment": env, "total_s": total_s, "targets": checks, "results": rows}
+    write_results(args.out, stem, payload, report)
     print()
     print(targets_table(checks))
     print(markdown_table(rows))
@@ -492,7 +486,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], run_worker)
-    else:
-        main()
+    script_main(run_worker, main)

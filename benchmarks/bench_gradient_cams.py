@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -39,8 +38,9 @@ from _common import (
     environment,
     fmt,
     measure_calls,
+    script_main,
     short_error,
-    worker_main,
+    write_results,
 )
 from _common import measure as measure_in_subprocess
 
@@ -374,19 +374,13 @@ def main(argv: list[str] | None = None) -> None:
     total_s = time.perf_counter() - start
     add_ratios(rows)
     report = markdown_report(env, rows, total_s)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "gradient_cams_quick" if args.quick else "gradient_cams"
-    (args.out / f"{stem}.json").write_text(
-        json.dumps({"environment": env, "total_s": total_s, "results": rows}, indent=2) + "\n"
-    )
-    (args.out / f"{stem}.md").write_text(report)
+    payload = {"environment": env, "total_s": total_s, "results": rows}
+    write_results(args.out, stem, payload, report)
     print()
     print(markdown_table(rows))
     print(f"Total run time: {total_s / 60:.1f} min; results in {args.out}/{stem}.{{json,md}}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], run_worker)
-    else:
-        main()
+    script_main(run_worker, main)

@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -39,8 +38,9 @@ from _common import (
     fmt,
     measure,
     measure_calls,
+    script_main,
     short_error,
-    worker_main,
+    write_results,
 )
 
 OURS = "captum_fdcam"
@@ -540,22 +540,13 @@ def main(argv: list[str] | None = None) -> None:
     add_ratios(rows)
     checks = check_targets(rows, args.models)
     report = markdown_report(env, rows, checks, total_s)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "perturbation_cams_quick" if args.quick else "perturbation_cams"
-    (args.out / f"{stem}.json").write_text(
-        json.dumps(
-            {"environment": env, "total_s": total_s, "targets": checks, "results": rows}, indent=2
-        )
-        + "\n"
-    )
-    (args.out / f"{stem}.md").write_text(report)
+    payload = {"environment": env, "total_s": total_s, "targets": checks, "results": rows}
+    write_results(args.out, stem, payload, report)
     print()
     print(report)
     print(f"Total run time: {total_s / 60:.1f} min; results in {args.out}/{stem}.{{json,md}}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], run_worker)
-    else:
-        main()
+    script_main(run_worker, main)
