@@ -325,10 +325,10 @@ def _items(
     model: nn.Module, data: list[tuple[Path, int]], size: int, with_grid: bool, n_mosaics: int
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, bool]]:
     """(item id, x, y, s, is_grid) for every image, then every mosaic cell."""
-    for path, label in data:
-        yield path.name, load_image(path, size).numpy(), np.array([label]), None, False
+    images = torch.cat([load_image(p, size) for p, _ in data])  # decoded once, used twice
+    for (path, label), image in zip(data, images, strict=True):
+        yield path.name, image[None].numpy(), np.array([label]), None, False
     if with_grid:
-        images = torch.cat([load_image(p, size) for p, _ in data])
         labels = torch.tensor([label for _, label in data])
         mosaics = grid_mosaics(model, images, labels, n_mosaics=n_mosaics)
         for i in range(len(mosaics.y_batch)):

@@ -73,7 +73,7 @@ def _build(
     model: nn.Module, method: str | type, layer: str | nn.Module | None, options: Mapping
 ) -> tuple[Attribution, bool]:
     """The attribution object, and whether it explains a layer (then upsampled)."""
-    if isinstance(method, str) and method.startswith(FG_PREFIX) and method not in dir(captum.attr):
+    if isinstance(method, str) and method.startswith(FG_PREFIX):
         base_class = method_class(method[len(FG_PREFIX) :])
         base = base_class(model, find_layer(model, layer))
         return FGCam(base, **options), False

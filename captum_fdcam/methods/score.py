@@ -193,10 +193,14 @@ class LayerGroupCam(GradientPerturbationLayerCam):
         self.blur_sigma = float(blur_sigma)
         self.score = check_score_type(score)
 
+    def grouped_terms(self, activation: Tensor, gradient: Tensor) -> tuple[Tensor, ...]:
+        """The Grad-CAM terms ``alpha_k A^k`` in groups of consecutive channels."""
+        terms = gradient.mean(dim=(2, 3), keepdim=True) * activation
+        return torch.tensor_split(terms, min(self.groups, terms.shape[1]), dim=1)
+
     def group_maps(self, activation: Tensor, gradient: Tensor) -> Tensor:
         """ReLU of the per-group sums of the Grad-CAM terms, (N, G, h, w)."""
-        terms = gradient.mean(dim=(2, 3), keepdim=True) * activation
-        chunks = torch.tensor_split(terms, min(self.groups, terms.shape[1]), dim=1)
+        chunks = self.grouped_terms(activation, gradient)
         return F.relu(torch.cat([c.sum(dim=1, keepdim=True) for c in chunks], dim=1))
 
     def _components(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
@@ -205,10 +209,8 @@ class LayerGroupCam(GradientPerturbationLayerCam):
         # where those sum to zero, so the components still sum to the map.
         assert gradient is not None
         group_terms = self._terms(activation, gradient, state)
-        channel_terms = gradient.mean(dim=(2, 3), keepdim=True) * activation
-        chunks = torch.tensor_split(channel_terms, group_terms.shape[1], dim=1)
         parts = []
-        for g, chunk in enumerate(chunks):
+        for g, chunk in enumerate(self.grouped_terms(activation, gradient)):
             total = chunk.sum(dim=1, keepdim=True)
             share = torch.where(total != 0, safe_divide(chunk, total), 1.0 / chunk.shape[1])
             parts.append(share * group_terms[:, g : g + 1])

@@ -71,19 +71,19 @@ class _RuleFunction(torch.autograd.Function):
     """Identity in the forward pass; the module's rule in the backward pass."""
 
     @staticmethod
-    def forward(ctx: Any, call: _Call, output: Tensor, *inputs: Tensor) -> Tensor:
+    def forward(ctx: Any, call: _Call, *inputs: Tensor) -> Tensor:
         ctx.call = call
         # Saved for autograd's check that no later in-place operation changed them.
         ctx.save_for_backward(*inputs)
         # Downstream code gets a copy: in-place operations on it (ResNet's
         # ``out += identity``) must not change the output the rule reads.
-        return output.clone()
+        return call.output.clone()
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         call: _Call = ctx.call
         inputs = tuple(x.detach() for x in ctx.saved_tensors)
-        return (None, None, *call.session.rule_backward(call, inputs, grad_output))
+        return (None, *call.session.rule_backward(call, inputs, grad_output))
 
 
 @dataclass
@@ -203,11 +203,12 @@ class _Session:
                 f"{self._name(module)} returns {type(output).__name__}; relevance propagates "
                 "through modules that return one tensor."
             )
-        tensors = [(a, s) for a, s in zip(frame.args, frame.slots, strict=True)]
-        inputs = tuple(a for a, _ in tensors if isinstance(a, Tensor))
-        slots = tuple(s for a, s in tensors if isinstance(a, Tensor))
-        call = _Call(self, module, frame.rule, output.detach(), slots)
-        routed = _RuleFunction.apply(call, output.detach(), *inputs)
+        pairs = [
+            (a, s) for a, s in zip(frame.args, frame.slots, strict=True) if isinstance(a, Tensor)
+        ]
+        inputs = tuple(a for a, _ in pairs)
+        call = _Call(self, module, frame.rule, output.detach(), tuple(s for _, s in pairs))
+        routed = _RuleFunction.apply(call, *inputs)
         self.last_routed = (routed, call, inputs)
         return routed
 

@@ -96,6 +96,16 @@ def functional_call(module: Module, parameters: dict[str, Tensor], args: tuple[T
         module._parameters.update(saved)
 
 
+def _part_gradients(z: Tensor, parts: tuple[Tensor, ...], relevance: Tensor) -> tuple[Tensor, ...]:
+    """``d z / d part`` applied to ``s = R / z``: each part's relevance per unit."""
+    return torch.autograd.grad(z, parts, relevance_ratio(relevance, z.detach()))
+
+
+def _summed_relevance(parts: tuple[Tensor, ...], grads: tuple[Tensor, ...]) -> Tensor:
+    """``sum_p p * J_p^T s``: the relevance of the input the parts make up."""
+    return sum(p.detach() * g for p, g in zip(parts, grads, strict=True))  # type: ignore[return-value]
+
+
 def _zero_bias(module: Module) -> dict[str, Tensor]:
     bias = getattr(module, "bias", None)
     return {"bias": torch.zeros_like(bias)} if isinstance(bias, Tensor) else {}
@@ -130,8 +140,7 @@ class ZPlusRule(Alpha1_Beta0_Rule, EngineRule):
     def relevance(
         self, module: Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
-        parts, grads = self._parts(module, inputs, relevance)
-        return (sum(p.detach() * g for p, g in zip(parts, grads, strict=True)),)  # type: ignore[return-value]
+        return (_summed_relevance(*self._parts(module, inputs, relevance)),)
 
     def ratio(
         self, module: Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
@@ -169,8 +178,7 @@ class ZPlusRule(Alpha1_Beta0_Rule, EngineRule):
                         module, {"weight": weight.clamp(max=0), **bias}, (negative,)
                     )
                     parts = (positive, negative)
-        grads = torch.autograd.grad(z, parts, relevance_ratio(relevance, z.detach()))
-        return parts, grads
+        return parts, _part_gradients(z, parts, relevance)
 
 
 class ZBoxRule(EngineRule):
@@ -227,8 +235,7 @@ class ZBoxRule(EngineRule):
                 - functional_call(module, {"weight": weight.clamp(max=0), **bias}, (high,))
             )
         parts = (data, low, high)
-        grads = torch.autograd.grad(z, parts, relevance_ratio(relevance, z.detach()))
-        return (sum(p.detach() * g for p, g in zip(parts, grads, strict=True)),)  # type: ignore[return-value]
+        return (_summed_relevance(parts, _part_gradients(z, parts, relevance)),)
 
 
 @contextmanager
