@@ -10,8 +10,10 @@ from captum_fdcam.evaluation.metrics import (
     Insertion,
     curve_auc,
 )
+from captum_fdcam.evaluation.road import ROAD
 
 __all__ = [
+    "ROAD",
     "AverageDrop",
     "AverageIncrease",
     "Deletion",

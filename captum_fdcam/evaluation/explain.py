@@ -54,6 +54,14 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
     """The module to explain: by name, as given, or by default the offline model's
     ``head_activation`` or else the last ``Conv2d`` of the model."""
     if isinstance(layer, nn.Module):
+        if not any(m is layer for m in model.modules()):
+            # Quantus's randomisation metrics (MPRT, ...) explain deep copies of the
+            # model, where a module of the original would silently explain the original.
+            raise ValueError(
+                f"The layer {type(layer).__name__} is not a module of the model being "
+                "explained: pass the layer by name (layer='layer4'), which also works on "
+                "the copies Quantus's randomisation metrics make."
+            )
         return layer
     if isinstance(layer, str):
         try:
