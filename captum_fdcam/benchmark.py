@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import quantus
 import torch
 from captum.attr import LayerAttribution
 from PIL import Image
@@ -160,7 +161,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
 # ------------------------------------------------------------------- evaluation
 
 
-def _metric(name: str, table: str) -> Any:
+def _metric(name: str, table: str, size: int = 224) -> Any:
     common = {"disable_warnings": True}
     # FG-CAM's input-layer tables keep only positive pixels when fewer than half are.
     keep_half = {"positive_only": table == "fgcam-input", **common}
@@ -174,7 +175,16 @@ def _metric(name: str, table: str) -> Any:
         return AverageIncrease(**keep_half)
     if name == "gridpg":
         return GridPointingGame(**common)
-    raise ValueError(name)
+    if name == "pixel_flipping":  # Quantus's own, AUC of the softmax curve per image
+        step = size * 8 if size % 8 == 0 else size  # 28 steps at 224 x 224
+        return quantus.PixelFlipping(
+            features_in_step=step, perturb_baseline="black", return_auc_per_sample=True, **common
+        )
+    if name == "faithfulness_correlation":  # Quantus's own (Bhatt et al., 2020)
+        return quantus.FaithfulnessCorrelation(
+            subset_size=size, return_aggregate=False, abs=False, **common
+        )
+    raise ValueError(f"Unknown metric {name!r}.")
 
 
 def attribution(model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -200,7 +210,7 @@ def score_job(
         a = np.linspace(1.0, 0.5, a.size, dtype=np.float32).reshape(a.shape)
         out["constant_map"] = 1.0
     for name in job.metrics:
-        metric = _metric(name, job.table)
+        metric = _metric(name, job.table, x.shape[-1])
         score = metric(model, x, y, a_batch=a, s_batch=s)
         out[name] = float(score[0])
         if hasattr(metric, "curves"):
@@ -246,6 +256,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     return tables
 
 
+def _count(row: dict[str, Any]) -> int:
+    return max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
+
+
 def markdown(tables: dict[str, Any], header: str) -> str:
     lines = [header, ""]
     for table, rows in tables.items():
@@ -262,34 +276,26 @@ def markdown(tables: dict[str, Any], header: str) -> str:
                     low, high = cell["ci95"]
                     cells.append(f"{cell['mean']:.4f} [{low:.4f}, {high:.4f}]")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        n = max(c["n"] for r in rows.values() for k, c in r.items() if not k.endswith("_curve"))
-        lines += ["", f"n = {n} (mean [bootstrap 95% CI])", ""]
+        counts = {m: _count(r) for m, r in rows.items()}
+        n = max(counts.values())
+        fewer = [f"{m}: {c}" for m, c in counts.items() if c < n]
+        note = f"; fewer images for {', '.join(fewer)}" if fewer else ""
+        lines += ["", f"n = {n}{note} (mean [bootstrap 95% CI])", ""]
     return "\n".join(lines)
 
 
 def plot_curves(tables: dict[str, Any], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Writes each table's mean insertion and deletion curves, one PNG per table and kind."""
+    from captum_fdcam.visualization import curves_figure
 
     written = []
     for table, rows in tables.items():
-        for kind in ("insertion_curve", "deletion_curve"):
-            series = {m: r[kind] for m, r in rows.items() if kind in r}
-            if not series:
-                continue
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            for method, curve in series.items():
-                ax.plot(np.linspace(0, 1, len(curve)), curve, label=method)
-            ax.set_xlabel("fraction of pixels " + ("inserted" if kind[0] == "i" else "deleted"))
-            ax.set_ylabel("softmax probability of the class")
-            ax.set_title(f"{table}: {kind.split('_')[0]}")
-            ax.legend(fontsize=6)
-            path = out / f"{table.replace('/', '_')}_{kind.split('_')[0]}.png"
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            written.append(path)
+        for kind in ("insertion", "deletion"):
+            series = {m: r[f"{kind}_curve"] for m, r in rows.items() if f"{kind}_curve" in r}
+            if series:
+                path = out / f"{table.replace('/', '_')}_{kind}.png"
+                xlabel = f"fraction of pixels {'inserted' if kind == 'insertion' else 'deleted'}"
+                written.append(curves_figure(series, path, xlabel, title=f"{table}: {kind}"))
     return written
 
 
@@ -390,8 +396,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     return tables
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options (shared by ``python -m`` and ``captum-fdcam benchmark``)."""
     parser.add_argument("--data", type=Path, required=True, help="folder of images")
     parser.add_argument("--labels", type=Path, default=None, help="default: DATA/labels.csv")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_tables"))
@@ -401,6 +407,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mosaics", type=int, default=10, help="GridPG mosaics")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 

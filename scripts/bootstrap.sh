@@ -12,8 +12,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.captum-fdcam-$(cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-    echo "[bootstrap] installing captum-fdcam[dev,demo] into $VENV (first run: several GB, a few minutes)"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev,demo]" 2>&1 \
+    echo "[bootstrap] installing captum-fdcam[dev,demo,docs] into $VENV (first run: several GB, a few minutes)"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev,demo,docs]" 2>&1 \
         | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -c "import captum_fdcam, torchvision, efficientnet_lite_pytorch" \
         || { echo "[bootstrap] installation failed" >&2; exit 1; }

@@ -354,10 +354,11 @@ class PerturbationLayerCam(LayerCamBase, PerturbationAttribution):
         grad_kwargs: dict[str, Any] | None = None,
     ) -> Tensor | tuple[Tensor, ...]:
         r"""
+        ``inputs``, ``target``, ``additional_forward_args``, ``attribute_to_layer_input``,
+        ``relu_attributions``, ``attr_dim_summation`` and ``grad_kwargs`` are as in
+        :meth:`LayerCamBase.attribute` (Captum's ``LayerGradCam``).
+
         Args:
-            inputs, target, additional_forward_args, attribute_to_layer_input,
-            relu_attributions, attr_dim_summation, grad_kwargs: as in
-                :meth:`LayerCamBase.attribute` (Captum's ``LayerGradCam``).
             perturbations_per_eval (int, optional): How many perturbed copies of an
                 example go through the model in one forward call, as in Captum's
                 perturbation methods. Memory grows with it. Default: 64

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class GridMosaics:
-    """Mosaics ready for :class:`~captum_fdcam.evaluation.metrics.GridPointingGame`.
+    """Mosaics ready for :class:`~captum_fdcam.evaluation.GridPointingGame`.
 
     Each mosaic appears four times, once per cell, so that every cell's class is
     explained and scored.

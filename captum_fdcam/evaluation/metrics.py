@@ -10,7 +10,7 @@ Each is a subclass of ``quantus.Metric``: configured in the constructor, called 
 * :class:`AverageDrop`, :class:`AverageIncrease`: FG-CAM's Table 1 (Chattopadhyay et
   al.'s Grad-CAM++ metrics, with the unimportant half of the pixels blurred).
 * :class:`GridPointingGame`: GridPG (Böhle et al., 2022) on 2x2 mosaics, see
-  :func:`captum_fdcam.evaluation.grid.grid_mosaics`.
+  :func:`captum_fdcam.evaluation.grid_mosaics`.
 """
 
 from __future__ import annotations
@@ -338,7 +338,7 @@ class GridPointingGame(_PixelMetric):
 
     Call with ``x_batch`` the mosaics, ``y_batch`` the class explained and
     ``s_batch`` (N, 1, H, W) the mask of that class's cell, as
-    :func:`captum_fdcam.evaluation.grid.grid_mosaics` builds them. 1.0 means all
+    :func:`captum_fdcam.evaluation.grid_mosaics` builds them. 1.0 means all
     positive attribution lies in the right cell; 0.25 is chance on 2x2 mosaics.
     Images with no positive attribution score 0.
     """

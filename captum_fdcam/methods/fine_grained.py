@@ -200,17 +200,17 @@ _ARGS_DOC = r"""
                 for the base CAM's gradients."""
 
 _INIT_DOC = r"""
-            denoise (bool): FG-CAM-D: denoise the components by a truncated SVD
-                before propagating them. Default: False
-            singular_values (int or float): singular values kept when denoising:
-                an int keeps that many (the paper: 10); a float in (0, 1] keeps
-                that fraction of them (the authors' code: 0.1). Default: 10
-            rules (dict, optional): LRP rules by module or module type, overriding
-                the defaults (:func:`captum_fdcam.propagation.default_rules`); a
-                module's own ``rule`` attribute, as in Captum's ``LRP``, wins.
-            input_rule (PropagationRule, optional): rule of the layers that receive
-                the model's input. Default: ``ZBoxRule()`` (bounds: each image's
-                minimum and maximum)."""
+        denoise (bool): FG-CAM-D: denoise the components by a truncated SVD
+            before propagating them. Default: False
+        singular_values (int or float): singular values kept when denoising:
+            an int keeps that many (the paper: 10); a float in (0, 1] keeps
+            that fraction of them (the authors' code: 0.1). Default: 10
+        rules (dict, optional): LRP rules by module or module type, overriding
+            the defaults (:func:`captum_fdcam.propagation.default_rules`); a
+            module's own ``rule`` attribute, as in Captum's ``LRP``, wins.
+        input_rule (PropagationRule, optional): rule of the layers that receive
+            the model's input. Default: ``ZBoxRule()`` (bounds: each image's
+            minimum and maximum)."""
 
 
 class LayerFGCam(LayerAttribution, GradientAttribution):
