@@ -131,7 +131,7 @@ class LayerFDCam(GradientPerturbationLayerCam):
     ``perturbations_per_eval``; identical copies are evaluated once.
 
     Li, Li, Ma and Wu, "FD-CAM: Improving Faithfulness and Discriminability of
-    Visual Explanation for CNNs", ICPR 2022. https://arxiv.org/abs/2206.08792
+    Visual Explanation for CNNs", CVPR 2022 XAI4CV workshop. https://arxiv.org/abs/2206.08792
 
     Args:
         forward_func, layer, device_ids: as in Captum's ``LayerGradCam``.
