@@ -53,6 +53,7 @@ from captum_fdcam.evaluation import (
     Deletion,
     GridPointingGame,
     Insertion,
+    curve_auc,
     explain,
     find_layer,
     grid_mosaics,
@@ -175,11 +176,9 @@ def _metric(name: str, table: str, size: int = 224) -> Any:
         return AverageIncrease(**keep_half)
     if name == "gridpg":
         return GridPointingGame(**common)
-    if name == "pixel_flipping":  # Quantus's own, AUC of the softmax curve per image
+    if name == "pixel_flipping":  # Quantus's own; score_job takes the AUC of its curve
         step = size * 8 if size % 8 == 0 else size  # 28 steps at 224 x 224
-        return quantus.PixelFlipping(
-            features_in_step=step, perturb_baseline="black", return_auc_per_sample=True, **common
-        )
+        return quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", **common)
     if name == "faithfulness_correlation":  # Quantus's own (Bhatt et al., 2020)
         return quantus.FaithfulnessCorrelation(
             subset_size=size, return_aggregate=False, abs=False, **common
@@ -212,7 +211,11 @@ def score_job(
     for name in job.metrics:
         metric = _metric(name, job.table, x.shape[-1])
         score = metric(model, x, y, a_batch=a, s_batch=s)
-        out[name] = float(score[0])
+        if name == "pixel_flipping":
+            # Quantus's return_auc_per_sample calls np.trapz, which numpy 2.4 removed.
+            out[name] = curve_auc(np.asarray(score[0], dtype=np.float64))
+        else:
+            out[name] = float(score[0])
         if hasattr(metric, "curves"):
             out[f"{name}_curve"] = [float(v) for v in metric.curves[0]]
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import quantus
 import torch
 import torchvision
 from PIL import Image
@@ -137,6 +138,22 @@ def test_evaluate_a_folder(tmp_path: Path, photos: Path, offline: torch.nn.Modul
     assert {"overall", "insertion", "deletion"} <= summary.keys()
     assert "labels from" in (out / "scores.md").read_text()
     assert (out / "evaluate_insertion.png").stat().st_size > 0
+
+
+def test_evaluate_with_quantus_own_metrics(tmp_path: Path, photos: Path, offline) -> None:
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(photos), "--methods", "Layer-CAM", "--limit", "1", "--quiet"]
+    argv += ["--metrics", "pixel_flipping", "faithfulness_correlation", "--image-size", "32"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    (record,) = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    x = preprocess(data.chelsea(), size=32).numpy()
+    a = explain(offline, x, [285], method="Layer-CAM", layer="head_activation")
+    curve = quantus.PixelFlipping(features_in_step=256, disable_warnings=True)(
+        offline, x, np.array([285]), a_batch=a
+    )[0]
+    auc = (np.sum(curve) - curve[0] / 2 - curve[-1] / 2) / (len(curve) - 1)
+    assert record["scores"]["pixel_flipping"] == pytest.approx(auc, rel=1e-6)
+    assert -1 <= record["scores"]["faithfulness_correlation"] <= 1
 
 
 def test_evaluate_and_benchmark_errors(tmp_path: Path, photos: Path, capsys) -> None:

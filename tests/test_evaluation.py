@@ -249,14 +249,18 @@ def test_quantus_metrics_run_through_explain(resnet: nn.Module, photos) -> None:
             "avg_drop": AverageDrop(blur_kernel_size=5, disable_warnings=True),
         },
         xai_methods={"XGrad-CAM": explain},
-        explain_func_kwargs={"XGrad-CAM": kwargs},
+        explain_func_kwargs={"layer": "layer4"},  # Quantus sets method from the key
         model=resnet,
         x_batch=x,
         y_batch=y,
         call_kwargs={"set_1": {"device": "cpu"}},
     )
     scores = results["XGrad-CAM"]["deletion"]  # one call_kwargs set: no extra level
-    assert len(scores) == 3 and all(0 <= s <= 1 for s in scores)
+    a = explain(resnet, x, y, method="XGrad-CAM", layer="layer4")
+    expected = Deletion(pixels_per_step=0.25, disable_warnings=True)(resnet, x, y, a_batch=a)
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    with pytest.warns(UserWarning, match=r"ignores the keyword arguments \['XGrad-CAM'\]"):
+        explain(resnet, x, y, **{"XGrad-CAM": kwargs})
 
 
 def test_metric_options_are_checked() -> None:

@@ -14,6 +14,7 @@ Quantus calls ``explain_func(model=model, inputs=x_batch, targets=y_batch,
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,12 +126,18 @@ def explain(
             that argument). Default: True
         batch_size: images per ``attribute`` call.
         device: where the inputs go; default: the model's device.
-        kwargs: ignored (Quantus passes its own keywords along).
+        kwargs: other keywords are ignored with a warning (a misspelt option, or
+            ``quantus.evaluate``'s ``explain_func_kwargs`` keyed by method name, which
+            Quantus passes on flat: give it the options themselves).
 
     Returns:
         (N, 1, H, W) float32 maps: layer maps upsampled bilinearly to the input size,
         input maps summed over channels.
     """
+    if kwargs:
+        warnings.warn(
+            f"explain ignores the keyword arguments {sorted(kwargs)}.", UserWarning, stacklevel=2
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if device is None:

@@ -1,0 +1,176 @@
+"""The scripts in ``examples/`` run offline with ``--small`` and show what they claim.
+
+Each example's ``main(argv)`` is imported from its file (``examples/`` is not a
+package) and called with ``--small --out tmp_path``, as CI runs them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """The examples' small batches gain little from a second thread, and on a busy
+    2-core runner the threads' contention made this file 8x slower (143 s, not 17 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is created.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_png(path: Path) -> np.ndarray:
+    assert path.suffix == ".png" and path.stat().st_size > 10_000
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def assert_not_blank(pixels: np.ndarray) -> None:
+    # A figure whose panels failed to draw is mostly one colour.
+    assert pixels.std() > 30, "the figure looks blank"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000
+
+
+def test_readme_lists_every_example() -> None:
+    readme = (EXAMPLES / "README.md").read_text(encoding="utf-8")
+    for script in sorted(EXAMPLES.glob("*.py")):
+        assert f"python examples/{script.name}" in readme, script.name
+
+
+def test_captum_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("captum_side_by_side")
+    correlations = example.main(["--small", "--out", str(tmp_path)])
+
+    # The library's Grad-CAM is Captum's; XGrad-CAM equals it behind ResNet's
+    # average pooling and linear head (the gradient is constant over positions).
+    assert correlations["Grad-CAM"] == pytest.approx(1.0, abs=1e-6)
+    assert correlations["XGrad-CAM"] == pytest.approx(1.0, abs=1e-6)
+    assert not set(example.SLOW_METHODS) & set(correlations)
+    assert {"Grad-CAM++", "Layer-CAM", "Ablation-CAM", "FD-CAM"} <= set(correlations)
+    assert all(-1 <= c <= 1 for c in correlations.values())
+
+    table = (tmp_path / "captum_side_by_side.md").read_text(encoding="utf-8").splitlines()
+    assert len(table) == 2 + len(correlations) + 1  # header, rule, methods, FG-CAM
+    assert "(2, 1, 224, 224)" in table[-1]
+    assert "FD-CAM" in capsys.readouterr().out
+
+
+def test_fd_cam_two_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("fd_cam_two_classes")
+    result = example.main(["--small", "--out", str(tmp_path)])
+
+    # The left half is the cat photo, the right one the cup of espresso.
+    cat, drink = result.class_indices
+    assert 281 <= cat <= 285, result.class_names  # the domestic cat classes
+    assert drink in (504, 967, 968), result.class_names  # coffee mug, espresso, cup
+    assert set(result.shares) == set(example.SMALL_METHODS)
+    # Class-discriminative: each class's FD-CAM map lies mostly on its own object.
+    assert result.shares["FD-CAM"]["left"] > 0.7
+    assert result.shares["FD-CAM"]["right"] > 0.7
+    assert result.shares["Grad-CAM"]["left"] > 0.5
+    assert result.shares["Grad-CAM"]["right"] > 0.5
+    assert all(0 < p < 1 for p in result.probabilities)
+
+    pixels = read_png(result.figure)
+    height, width, _ = pixels.shape
+    # Two rows (one per class) of 1 + 2 panels, each twice as wide as high.
+    assert 300 <= height <= 800 and width > 2 * height
+    assert_not_blank(pixels)
+    out = capsys.readouterr().out
+    for name in result.class_names:
+        assert name in out
+
+
+def test_fd_cam_two_classes_on_a_given_photo(tmp_path: Path) -> None:
+    """--image/--classes: the composite saved as a file, classes by index and by name."""
+    example = load_example("fd_cam_two_classes")
+    photo = tmp_path / "two.png"
+    halves = [np.asarray(Image.fromarray(p).resize((300, 300))) for p in example.bundled_pair()]
+    Image.fromarray(np.concatenate(halves, axis=1)).save(photo)
+    args = ["--image", str(photo), "--classes", "285", "ESPRESSO", "--methods", "FD-CAM"]
+    result = example.main([*args, "--out", str(tmp_path)])
+    assert result.class_indices == [285, 967]
+    assert result.class_names == ["Egyptian cat", "espresso"]
+    assert result.shares["FD-CAM"]["left"] > 0.7 and result.shares["FD-CAM"]["right"] > 0.7
+    # Resized to 224 rows, uncropped: 600 x 300 becomes 448 x 224.
+    assert example.load_whole(photo).shape == (1, 3, 224, 448)
+
+    with pytest.raises(SystemExit):  # unknown class: an argparse error, not a traceback
+        example.main(["--image", str(photo), "--classes", "cat", "espresso"])
+    with pytest.raises(SystemExit):  # --image needs --classes
+        example.main(["--image", str(photo)])
+
+
+def test_fg_cam_depths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("fg_cam_depths")
+    result = example.main(["--small", "--out", str(tmp_path)])
+
+    assert 281 <= result.target <= 285  # chelsea is a cat
+    fg = "FG-Grad-CAM"
+    assert result.sizes == {
+        "_blocks.10": {"Grad-CAM": (14, 14), fg: (14, 14), f"{fg}-D": (14, 14)},
+        "input": {fg: (224, 224), f"{fg}-D": (224, 224)},
+    }
+    for depth, scores in result.correlations.items():
+        assert all(math.isfinite(c) and -1 <= c <= 1 for c in scores.values()), depth
+    # FG-CAM keeps the base map's location at a shallow layer, where Grad-CAM itself
+    # drifts to edges (the point of the example).
+    at_block = result.correlations["_blocks.10"]
+    assert at_block[fg] > at_block["Grad-CAM"] + 0.2
+    assert at_block[f"{fg}-D"] > at_block["Grad-CAM"] + 0.2
+    assert result.correlations["input"][fg] > 0
+
+    pixels = read_png(result.figure)
+    height, width, _ = pixels.shape
+    assert 400 <= height <= 700 and 600 <= width <= 1000  # 2 depths x 4 panels
+    assert_not_blank(pixels)
+    assert "no Grad-CAM" not in capsys.readouterr().out  # drawn, not printed
+
+
+def test_quantus_evaluation(tmp_path: Path) -> None:
+    example = load_example("quantus_evaluation")
+    result = example.main(["--small", "--out", str(tmp_path)])
+
+    assert result.photos == list(example.SMALL_PHOTOS)
+    assert 281 <= result.targets[0] <= 285 and result.targets[1] == 967  # cat, espresso
+    metrics = ["Insertion", "Deletion", "AverageDrop", "PixelFlipping"]
+    assert list(result.table) == list(example.SMALL_METHODS)
+    for method, scores in result.table.items():
+        assert list(scores) == metrics, method
+        assert all(math.isfinite(v) for v in scores.values()), (method, scores)
+        assert 0 <= scores["Insertion"] <= 1 and 0 <= scores["Deletion"] <= 1
+        assert 0 <= scores["PixelFlipping"] <= 1 and 0 <= scores["AverageDrop"] <= 100
+        # Maps of the class should beat their own reverse: putting back the most
+        # important pixels restores the class faster than removing them destroys it.
+        assert scores["Insertion"] > scores["Deletion"], method
+
+    text = result.markdown.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(lines) == 2 + len(example.SMALL_METHODS)
+    for method, scores in result.table.items():
+        row = next(line for line in lines if line.startswith(f"| {method} |"))
+        assert [float(cell) for cell in row.strip("|").split("|")[1:]] == pytest.approx(
+            list(scores.values()), rel=1e-3
+        )
