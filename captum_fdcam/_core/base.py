@@ -9,6 +9,7 @@ request, upsampling left to :meth:`LayerAttribution.interpolate`).
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,19 +27,55 @@ from captum._utils.common import (
 )
 from captum._utils.typing import TargetType
 from captum.attr import GradientAttribution, LayerAttribution, PerturbationAttribution
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import Module
 
-from captum_fdcam._core.hooks import LayerCapture
+from captum_fdcam._core.hooks import LayerCapture, run_eagerly, uncompiled
 from captum_fdcam._core.perturbation import PerturbationEngine, check_perturbations_per_eval
 from captum_fdcam._core.replay import PreLayerRecorder
 from captum_fdcam._core.validation import (
+    check_gradients_possible,
     check_inputs,
     check_layer,
     layer_name,
+    owning_module,
     select_target_scores,
     target_rows,
 )
+
+#: Modules whose forward pass depends on ``training`` in a way that couples the rows of
+#: a batch (batch statistics) or makes passes random (dropout).
+_TRAIN_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def warn_if_training(forward_func: Callable[..., Tensor], method: str) -> None:
+    """Warns when a perturbation method runs a model with BatchNorm or Dropout in train mode.
+
+    Captum's attributions run a train-mode model as it is, without a warning, and so do the
+    gradient CAMs here (their maps equal Captum's ``LayerGradCam``'s, running statistics
+    updated once per call as by any forward pass). A perturbation method's scores would
+    come from BatchNorm's statistics over a chunk of perturbed copies (so they change with
+    ``perturbations_per_eval``) and from random dropout masks, and every perturbed pass
+    would update the running statistics: the map is not the model's explanation.
+    """
+    model = owning_module(forward_func)
+    if model is None:
+        return
+    active = [
+        name
+        for name, m in model.named_modules()
+        if m.training and isinstance(m, _TRAIN_MODE_DEPENDENT)
+    ]
+    if active:
+        warnings.warn(
+            f"captum_fdcam: {method} runs a model in training mode with BatchNorm or Dropout "
+            f"({', '.join(repr(n) for n in active[:3])}{', ...' if len(active) > 3 else ''}): "
+            "the perturbed copies' scores then depend on how they are batched "
+            "(perturbations_per_eval) and on random dropout masks, and every perturbed pass "
+            "updates BatchNorm's running statistics. Call model.eval() first.",
+            RuntimeWarning,
+            stacklevel=5,  # the caller of attribute()
+        )
 
 
 @dataclass(frozen=True)
@@ -128,11 +165,16 @@ class LayerCamBase(LayerAttribution):
         ``record_graph`` keeps gradients on before the layer, for a caller that
         also propagates through that part of the same pass (FG-CAM).
         """
+        if self.requires_gradients:
+            check_gradients_possible(type(self).__name__)
+        elif record_graph:
+            check_gradients_possible(f"FG-CAM (propagating {type(self).__name__})")
         formatted = _format_tensor_into_tuples(inputs)
         check_inputs(formatted)
         extra = _format_additional_forward_args(additional_forward_args)
         layer = self.layer
-        name = layer_name(self.forward_func, layer)
+        forward_func = uncompiled(self.forward_func)
+        name = layer_name(forward_func, layer)
         capture_factory = partial(
             LayerCapture, layer, name, attribute_to_layer_input=attribute_to_layer_input
         )
@@ -145,10 +187,19 @@ class LayerCamBase(LayerAttribution):
         # torch.no_grad()), which saves the memory of the pre-layer graph.
         with torch.set_grad_enabled(record_graph):
             with capture, recorder or nullcontext():
-                output = _run_forward(self.forward_func, formatted, None, extra)
+                output = _run_forward(forward_func, formatted, None, extra)
         with torch.set_grad_enabled(self.requires_gradients):
             scores = select_target_scores(output, target)
         activations = capture.activations
+        finite = torch.isfinite(scores.detach())
+        if not finite.all():
+            # Gradients and score differences of a NaN or infinite score are NaN: fail
+            # here rather than return a NaN map.
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(
+                f"The model's target score is NaN or infinite for examples {bad}; a CAM "
+                "explains a finite score."
+            )
         gradients = None
         if self.requires_gradients:
             unused = ValueError(
@@ -166,16 +217,28 @@ class LayerCamBase(LayerAttribution):
             )
             if any(g is None for g in grads):
                 raise unused
+            # A finite score can still have a NaN gradient where the model's backward pass
+            # divides 0 by 0 (log or sqrt at 0 in a branch the target does not use).
+            finite = torch.stack([g.flatten(1).isfinite().all(dim=1) for g in grads]).all(0)
+            if not finite.all():
+                bad = torch.nonzero(~finite).flatten().tolist()
+                raise ValueError(
+                    f"The gradient of the target score with respect to layer {name} is NaN "
+                    f"or infinite for examples {bad}: the model's backward pass produces it "
+                    "(e.g. log or sqrt of 0 in the model, even in a branch the target does "
+                    "not use)."
+                )
             gradients = tuple(grads)
         engine = None
         if self.uses_perturbations:
+            warn_if_training(self.forward_func, type(self).__name__)
             if len(activations) != 1:
                 raise ValueError(
                     f"Layer {name} has {len(activations)} outputs (inputs); perturbation "
                     "methods explain a single feature map."
                 )
             engine = PerturbationEngine(
-                forward_func=self.forward_func,
+                forward_func=forward_func,
                 inputs=formatted,
                 output=output.detach(),
                 additional_forward_args=extra,
@@ -221,25 +284,27 @@ class LayerCamBase(LayerAttribution):
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
     ) -> Tensor | tuple[Tensor, ...]:
-        state = self._layer_state(
-            inputs,
-            target,
-            additional_forward_args,
-            attribute_to_layer_input,
-            grad_kwargs,
-            perturbations_per_eval,
-            show_progress,
-        )
-        grads = state.gradients or (None,) * len(state.activations)
-        maps = []
-        with torch.no_grad():
-            for activation, gradient in zip(state.activations, grads, strict=True):
-                scaled = self._terms(activation, gradient, state)
-                if attr_dim_summation:
-                    scaled = torch.sum(scaled, dim=1, keepdim=True)
-                if relu_attributions:
-                    scaled = F.relu(scaled)
-                maps.append(scaled)
+        # Compiled models run uncompiled: a compiled graph may skip this call's hooks.
+        with run_eagerly():
+            state = self._layer_state(
+                inputs,
+                target,
+                additional_forward_args,
+                attribute_to_layer_input,
+                grad_kwargs,
+                perturbations_per_eval,
+                show_progress,
+            )
+            grads = state.gradients or (None,) * len(state.activations)
+            maps = []
+            with torch.no_grad():
+                for activation, gradient in zip(state.activations, grads, strict=True):
+                    scaled = self._terms(activation, gradient, state)
+                    if attr_dim_summation:
+                        scaled = torch.sum(scaled, dim=1, keepdim=True)
+                    if relu_attributions:
+                        scaled = F.relu(scaled)
+                    maps.append(scaled)
         return _format_output(len(maps) > 1, tuple(maps))
 
     def attribute(

@@ -9,6 +9,7 @@ frozen models and under ``torch.no_grad()``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Any
 
@@ -137,4 +138,34 @@ class LayerCapture:
             self._handle = None
 
 
-__all__ = ["LayerCapture"]
+def run_eagerly() -> AbstractContextManager[Any]:
+    """Runs ``torch.compile``'d models and functions uncompiled inside the ``with`` block.
+
+    Dynamo does not guard on the hooks of submodules
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``): a graph compiled during one
+    attribution inlines that call's hooks and is reused by the next call whose inputs
+    match its guards, so the next call's hooks never run. With a compiled model, Score-CAM
+    followed by Ablation-CAM failed with "layer was not called" (the reference pass reused
+    Score-CAM's graph, built with gradients off, as Ablation-CAM's is). Eager execution runs
+    every hook; the maps are those of the uncompiled model, as CAMs of it should be.
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)  # PyTorch >= 2.6
+    if set_stance is None or torch.compiler.is_compiling():
+        return nullcontext()
+    return set_stance("force_eager")
+
+
+def uncompiled(forward_func: Callable[..., Any]) -> Callable[..., Any]:
+    """The module inside a ``torch.compile(module)`` wrapper, else ``forward_func``.
+
+    Under :func:`run_eagerly` both compute the same; calling the wrapper while global
+    module hooks are registered (the channel-switching methods' replay) makes PyTorch warn
+    that the hooks "fire an extra time for the OptimizedModule".
+    """
+    original = getattr(forward_func, "_orig_mod", None)
+    if isinstance(forward_func, Module) and isinstance(original, Module):
+        return original
+    return forward_func
+
+
+__all__ = ["LayerCapture", "run_eagerly", "uncompiled"]

@@ -156,7 +156,9 @@ class PerturbationEngine:
             output = self._forward(make_inputs(start, stop), sample)
             out.append(self._scores(output, sample, score))
             self._advance(stop - start)
-        return torch.cat(out) if out else torch.zeros(0, device=self.inputs[0].device)
+        if not out:  # in the dtype of the scores (the output's), as for count > 0
+            return self.output.new_zeros(0)
+        return torch.cat(out)
 
     # ----------------------------------------------------- channel switching
 

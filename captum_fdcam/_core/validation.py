@@ -30,15 +30,46 @@ def layer_name(forward_func: Callable[..., Any], layer: Module) -> str:
     return f"{type(layer).__name__}"
 
 
+TORCHSCRIPT_HINT = (
+    "TorchScript modules do not support forward hooks (register_forward_hook is not "
+    "supported on ScriptModules), which CAM methods need to read the layer's activations: "
+    "pass the original Python nn.Module (before torch.jit.script or torch.jit.trace)."
+)
+
+
 def check_layer(forward_func: Callable[..., Any], layer: Module) -> None:
     """Fails when ``layer`` is not a module, or not part of a module ``forward_func``."""
     if not isinstance(layer, Module):
         raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}.")
     model = owning_module(forward_func)
+    # Checked first: a scripted model's ``model.features[3]`` is the *Python* module it was
+    # scripted from, which "is not a submodule" of the scripted model (true, but it hides
+    # the cause), and a ScriptModule layer fails only later, when the hook is registered.
+    for module, role in ((layer, "layer"), (model, "model")):
+        if isinstance(module, torch.jit.ScriptModule):
+            raise TypeError(
+                f"The {role} is a TorchScript {type(module).__name__}. {TORCHSCRIPT_HINT}"
+            )
     if model is not None and not any(m is layer for m in model.modules()):
         raise ValueError(
             f"The layer {type(layer).__name__} is not a submodule of the model "
             f"{type(model).__name__}: pass a module of this model (e.g. model.layer4)."
+        )
+
+
+def check_gradients_possible(method: str) -> None:
+    """Fails under ``torch.inference_mode()``, which no inner context can switch off.
+
+    Under ``torch.no_grad()`` the methods switch gradients back on where they need them
+    (as Captum does); inside ``inference_mode`` that has no effect, and the backward
+    pass would fail with "does not require grad" (or this library's misleading "does not
+    depend on layer").
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{method} needs gradients, which torch.inference_mode() disables for the whole "
+            "block: call attribute() outside it (torch.no_grad() is fine, gradients are "
+            "switched back on inside)."
         )
 
 
@@ -56,6 +87,15 @@ def check_inputs(inputs: tuple[Tensor, ...]) -> None:
             )
         if x.dim() == 0:
             raise ValueError(f"inputs[{i}] is a scalar; inputs need a batch dimension.")
+        # NaN or Inf propagates through the forward pass into the map (silently, as in
+        # Captum); perturbation methods would also spread it over masked copies.
+        finite = torch.isfinite(x).flatten(1).all(dim=1) if x.dim() > 1 else torch.isfinite(x)
+        if not finite.all():
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(
+                f"inputs[{i}] contains NaN or Inf values (examples {bad}); the attributions need "
+                "finite inputs."
+            )
     sizes = {x.shape[0] for x in inputs}
     if len(sizes) != 1:
         raise ValueError(f"All inputs must share the batch size, got {sorted(sizes)}.")

@@ -36,7 +36,14 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_fdcam._core.base import LayerCamBase
-from captum_fdcam._core.validation import check_inputs, check_layer, owning_module
+from captum_fdcam._core.hooks import run_eagerly
+from captum_fdcam._core.validation import (
+    TORCHSCRIPT_HINT,
+    check_inputs,
+    check_layer,
+    layer_name,
+    owning_module,
+)
 from captum_fdcam.methods.gradient import LayerGradCam
 from captum_fdcam.propagation import Propagation, RuleAssignment, ZBoxRule
 from captum_fdcam.propagation.assignment import RuleSpec
@@ -113,6 +120,14 @@ class _FineGrained:
                 "FG-CAM propagates through the model's modules: the base CAM's forward_func "
                 "must be an nn.Module (or one of its bound methods)."
             )
+        # The propagation hooks every module of the model: a TorchScript submodule would
+        # fail at the first call with PyTorch's bare "not supported on ScriptModules".
+        scripted = [m for m in model.modules() if isinstance(m, torch.jit.ScriptModule)]
+        if scripted:
+            raise TypeError(
+                f"FG-CAM propagates through every module of the model, and "
+                f"{layer_name(model, scripted[0])} is a TorchScript module. {TORCHSCRIPT_HINT}"
+            )
         self.model = model
         self.denoise = bool(denoise)
         self.singular_values = check_singular_values(singular_values)
@@ -150,6 +165,32 @@ class _FineGrained:
         return components
 
     def relevance(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        layer: Module | None,
+        attribute_to_layer_input: bool,
+        relu_attributions: bool,
+        perturbations_per_eval: int,
+        show_progress: bool,
+        grad_kwargs: dict[str, Any] | None,
+    ) -> tuple[Tensor, ...]:
+        # Compiled models run uncompiled: a compiled graph may skip this call's hooks.
+        with run_eagerly():
+            return self._relevance(
+                inputs,
+                target,
+                additional_forward_args,
+                layer,
+                attribute_to_layer_input,
+                relu_attributions,
+                perturbations_per_eval,
+                show_progress,
+                grad_kwargs,
+            )
+
+    def _relevance(
         self,
         inputs: Tensor | tuple[Tensor, ...],
         target: TargetType,

@@ -219,11 +219,26 @@ class LayerGroupCam(GradientPerturbationLayerCam):
     def blur(self, image: Tensor) -> Tensor:
         return gaussian_blur(image, [self.blur_kernel_size] * 2, [self.blur_sigma] * 2)
 
+    def check_image_size(self, height: int, width: int) -> None:
+        """The blur pads each side by ``blur_kernel_size // 2`` pixels with reflect padding,
+        which needs more pixels than that: else torchvision fails deep inside with
+        "Padding size should be less than the corresponding input dimension"."""
+        pad = self.blur_kernel_size // 2
+        if pad >= min(height, width):
+            largest = 2 * min(height, width) - 1
+            raise ValueError(
+                f"Group-CAM's blur kernel of size {self.blur_kernel_size} pads each side by "
+                f"{pad} pixels (reflect padding), which needs images of at least "
+                f"{pad + 1} x {pad + 1} pixels; got {height} x {width}. Pass "
+                f"blur_kernel_size={largest} or smaller (at most 2 * min(H, W) - 1)."
+            )
+
     def _terms(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
         engine = state.engine
         assert engine is not None and gradient is not None
         x = _image_input(state, "Group-CAM")
         size = (x.shape[2], x.shape[3])
+        self.check_image_size(*size)
         maps = self.group_maps(activation, gradient)
         n, g = maps.shape[:2]
         terms = []

@@ -21,6 +21,7 @@ from captum_fdcam._core.base import (
     PerturbationLayerCam,
     safe_divide,
 )
+from captum_fdcam._core.hooks import run_eagerly
 from captum_fdcam._core.perturbation import check_score_type
 
 
@@ -200,18 +201,19 @@ class LayerFDCam(GradientPerturbationLayerCam):
         Returns:
             (N, K) scores, for analysis and for the paper's ablations.
         """
-        state = self._layer_state(
-            inputs,
-            target,
-            additional_forward_args,
-            attribute_to_layer_input,
-            None,
-            perturbations_per_eval,
-        )
-        (activation,) = state.activations
-        return torch.stack(
-            [self.switching_scores(activation[i], state, i) for i in range(len(activation))]
-        )
+        with run_eagerly():  # as in attribute(): compiled graphs may skip the hooks
+            state = self._layer_state(
+                inputs,
+                target,
+                additional_forward_args,
+                attribute_to_layer_input,
+                None,
+                perturbations_per_eval,
+            )
+            (activation,) = state.activations
+            return torch.stack(
+                [self.switching_scores(activation[i], state, i) for i in range(len(activation))]
+            )
 
     def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
         assert gradient is not None and state.engine is not None
