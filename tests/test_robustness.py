@@ -35,7 +35,7 @@ from captum.attr import LayerGradCam as CaptumLayerGradCam
 from conftest import SmallCNN
 from torch import Tensor, nn
 
-from captum_fdcam import METHODS, FGCam, LayerFGCam, LayerGradCam
+from captum_fdcam import METHODS, FGCam, LayerFGCam, LayerGradCam, LayerScoreCam
 from captum_fdcam.methods.switching import cosine_similarity_matrix, similarity_groups
 
 GRADIENT = ["Grad-CAM", "Grad-CAM++", "XGrad-CAM", "Layer-CAM"]
@@ -680,3 +680,26 @@ def test_two_calls_give_identical_maps(residual_net: _ResidualNet, name: str) ->
         first, second = attribution(), attribution()
         assert torch.isfinite(first).all() and first.abs().max() > 0
         assert torch.equal(first, second)
+
+
+class _Normalised(nn.Module):
+    """Divides the input by its norm: 0/0 = NaN on Score-CAM's all-zero baseline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x / x.flatten(1).norm(dim=1)[:, None, None, None]
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_non_finite_perturbed_score_is_an_error() -> None:
+    torch.manual_seed(0)
+    model = _Normalised().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="NaN or infinite on a perturbed copy of example 0"):
+        LayerScoreCam(model, model.conv).attribute(x, 0)
+    # Without the zero baseline every perturbed copy is finite.
+    assert torch.isfinite(LayerScoreCam(model, model.conv, baseline=None).attribute(x, 0)).all()

@@ -104,7 +104,16 @@ class PerturbationEngine:
                 raise ValueError("score='probability' needs a model output of shape (N, C, ...).")
             output = output.softmax(dim=1)
         rows = None if self.target_rows is None else [self.target_rows[sample]] * len(output)
-        return select_target_scores(output, rows)
+        scores = select_target_scores(output, rows)
+        if not torch.isfinite(scores).all():
+            # A NaN score would make every weight, and so the map, NaN (e.g. a model that
+            # normalises its input divides by zero on Score-CAM's all-zero baseline).
+            raise ValueError(
+                f"The model's target score is NaN or infinite on a perturbed copy of example "
+                f"{sample}; the perturbation methods need finite scores (for Score-CAM, "
+                "try another baseline)."
+            )
+        return scores
 
     def _forward(self, inputs: tuple[Tensor, ...], sample: int) -> Tensor:
         return self.forward_func(*inputs, *self._example_args(sample, inputs[0].shape[0]))
