@@ -88,14 +88,7 @@ from torch.nn.modules import module as module_globals
 
 from captum_fdcam import CLRP, METHODS, SGLRP, FGCam, LayerFGCam, PropagationLRP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small batches gain little from a second thread on the busy 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------- models

@@ -164,31 +164,11 @@ class _FineGrained:
                 components = denoise_components(components, self.singular_values)
         return components
 
-    def relevance(
-        self,
-        inputs: Tensor | tuple[Tensor, ...],
-        target: TargetType,
-        additional_forward_args: Any,
-        layer: Module | None,
-        attribute_to_layer_input: bool,
-        relu_attributions: bool,
-        perturbations_per_eval: int,
-        show_progress: bool,
-        grad_kwargs: dict[str, Any] | None,
-    ) -> tuple[Tensor, ...]:
-        # Compiled models run uncompiled: a compiled graph may skip this call's hooks.
+    def relevance(self, *args: Any, **kwargs: Any) -> tuple[Tensor, ...]:
+        """:meth:`_relevance`, with compiled models run uncompiled: a compiled graph may
+        skip this call's hooks."""
         with run_eagerly():
-            return self._relevance(
-                inputs,
-                target,
-                additional_forward_args,
-                layer,
-                attribute_to_layer_input,
-                relu_attributions,
-                perturbations_per_eval,
-                show_progress,
-                grad_kwargs,
-            )
+            return self._relevance(*args, **kwargs)
 
     def _relevance(
         self,
