@@ -697,3 +697,28 @@ def test_non_finite_perturbed_score_is_an_error() -> None:
         LayerScoreCam(model, model.conv).attribute(x, 0)
     # Without the zero baseline every perturbed copy is finite.
     assert torch.isfinite(LayerScoreCam(model, model.conv, baseline=None).attribute(x, 0)).all()
+
+
+class _ByFirstChannel(nn.Module):
+    """Divides the layer's output by its first channel's total: switching that channel off
+    (Ablation-CAM) makes the score infinite, in the network *after* the layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu(self.conv(x))
+        return self.fc(a.mean((2, 3)) / a[:, :1].sum((2, 3)))
+
+
+def test_non_finite_score_of_a_switched_copy_is_an_error_not_a_fallback() -> None:
+    torch.manual_seed(0)
+    model = _ByFirstChannel().eval()
+    x = torch.rand(1, 3, 8, 8) + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "falling back to full forward passes" warning
+        with pytest.raises(ValueError, match="NaN or infinite on a perturbed copy"):
+            METHODS["Ablation-CAM"](model, model.relu).attribute(x, 0)

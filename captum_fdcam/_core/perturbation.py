@@ -30,6 +30,10 @@ from captum_fdcam._core.validation import select_target_scores
 ScoreType = Literal["logit", "probability"]
 
 
+class NonFiniteScoreError(ValueError):
+    """The model's target score on a perturbed copy is NaN or infinite."""
+
+
 def check_score_type(score: str) -> ScoreType:
     if score not in ("logit", "probability"):
         raise ValueError(f"score must be 'logit' or 'probability', got {score!r}.")
@@ -108,7 +112,7 @@ class PerturbationEngine:
         if not torch.isfinite(scores).all():
             # A NaN score would make every weight, and so the map, NaN (e.g. a model that
             # normalises its input divides by zero on Score-CAM's all-zero baseline).
-            raise ValueError(
+            raise NonFiniteScoreError(
                 f"The model's target score is NaN or infinite on a perturbed copy of example "
                 f"{sample}; the perturbation methods need finite scores (for Score-CAM, "
                 "try another baseline)."
@@ -238,6 +242,8 @@ class PerturbationEngine:
                 ):
                     return result
                 reason = "the unswitched copy did not reproduce the model's score"
+            except NonFiniteScoreError:
+                raise  # the model's own scores, not the replay: full passes give the same
             except (ReplayError, RuntimeError, ValueError, IndexError) as err:
                 reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             self.recorder = None
@@ -245,7 +251,7 @@ class PerturbationEngine:
                 warnings.warn(
                     f"captum_fdcam: cannot run only the network after layer {self.layer_name} "
                     f"({reason}); falling back to full forward passes for the switched "
-                    "copies (correct, but the part before the layer is recomputed).",
+                    "copies (slower: the part before the layer is recomputed).",
                     RuntimeWarning,
                     stacklevel=4,
                 )
