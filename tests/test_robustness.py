@@ -99,18 +99,16 @@ def test_input_of_an_in_place_relu_is_the_output_before_it(case: tuple[str, str]
     if kind == "cam":
         got = cam.attribute(x, [1, 2], attribute_to_layer_input=True)
         expected = make_cam(name, model, model.features[3]).attribute(x, [1, 2])
+        assert torch.equal(got, expected)
+        if name == "Grad-CAM":  # and Captum agrees
+            captum = CaptumLayerGradCam(model, model.act)
+            assert torch.equal(captum.attribute(x, [1, 2], attribute_to_layer_input=True), got)
     else:  # FG-CAM from the ReLU's output to its own input: ReLU passes relevance as is
         got = LayerFGCam(cam, model.act).attribute(x, [1, 2], attribute_to_layer_input=True)
-        expected = cam.attribute(x, [1, 2])
         # FG-CAM reruns the base CAM with recording hooks and gradients on, where CPU
         # kernels may round differently (Group-CAM: 1 ulp on torch 2.14.1); a value
         # overwritten by the ReLU would differ by far more than this tolerance.
-        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
-        return
-    assert torch.equal(got, expected)
-    if name == "Grad-CAM" and kind == "cam":  # and Captum agrees
-        captum = CaptumLayerGradCam(model, model.act)
-        assert torch.equal(captum.attribute(x, [1, 2], attribute_to_layer_input=True), got)
+        torch.testing.assert_close(got, cam.attribute(x, [1, 2]), rtol=1e-6, atol=1e-9)
 
 
 class _SharedReLU(nn.Module):
