@@ -27,6 +27,7 @@ from captum._utils.common import (
 )
 from captum._utils.typing import TargetType
 from captum.attr import GradientAttribution, LayerAttribution, PerturbationAttribution
+from captum.log import log_usage
 from torch import Tensor, nn
 from torch.nn import Module
 
@@ -307,6 +308,7 @@ class LayerCamBase(LayerAttribution):
                     maps.append(scaled)
         return _format_output(len(maps) > 1, tuple(maps))
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -406,6 +408,7 @@ class PerturbationLayerCam(LayerCamBase, PerturbationAttribution):
         LayerCamBase.__init__(self, forward_func, layer, device_ids)
         PerturbationAttribution.__init__(self, forward_func)
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

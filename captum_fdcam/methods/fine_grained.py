@@ -32,6 +32,7 @@ from captum._utils.typing import TargetType
 from captum.attr import GradientAttribution, LayerAttribution
 from captum.attr import LayerGradCam as CaptumLayerGradCam
 from captum.attr._utils.lrp_rules import PropagationRule
+from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
@@ -286,6 +287,7 @@ class LayerFGCam(LayerAttribution, GradientAttribution):
     def base_cam(self) -> LayerCamBase:
         return self._fg.base_cam
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -360,6 +362,7 @@ class FGCam(GradientAttribution):
     def base_cam(self) -> LayerCamBase:
         return self._fg.base_cam
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

@@ -31,6 +31,7 @@ from captum._utils.common import (
 from captum._utils.typing import TargetType
 from captum.attr import GradientAttribution
 from captum.attr._utils.lrp_rules import PropagationRule
+from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
@@ -85,6 +86,7 @@ class PropagationLRP(GradientAttribution):
         """Relevance at the model's (N, C) output where propagation starts."""
         return _target_mask(output, target) * output
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
