@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn import Module
 
 from captum_fdcam._core.hooks import LayerCapture, run_eagerly, uncompiled
+from captum_fdcam._core.layout import FeatureLayout, ReshapeTransform
 from captum_fdcam._core.perturbation import PerturbationEngine, check_perturbations_per_eval
 from captum_fdcam._core.replay import PreLayerRecorder
 from captum_fdcam._core.validation import (
@@ -93,6 +94,8 @@ class LayerState:
             methods that do not use gradients.
         engine: evaluates perturbed copies of the examples; ``None`` for the
             gradient-only methods.
+        layout: how the layer's own output became ``activations`` (the
+            ``reshape_transform``), to put maps back into the layer's layout.
     """
 
     inputs: tuple[Tensor, ...]
@@ -102,6 +105,7 @@ class LayerState:
     activations: tuple[Tensor, ...]
     gradients: tuple[Tensor, ...] | None
     engine: PerturbationEngine | None = None
+    layout: FeatureLayout | None = None
 
 
 class LayerCamBase(LayerAttribution):
@@ -123,6 +127,8 @@ class LayerCamBase(LayerAttribution):
         forward_func: Callable[..., Tensor],
         layer: Module,
         device_ids: list[int] | None = None,
+        *,
+        reshape_transform: ReshapeTransform | None = None,
     ) -> None:
         r"""
         Args:
@@ -131,13 +137,24 @@ class LayerCamBase(LayerAttribution):
             layer (torch.nn.Module): Layer for which attributions are computed. Its
                 output (or input, with ``attribute_to_layer_input=True``) must be a
                 4-D (N, C, H, W) feature map produced by a single call per forward
-                pass.
+                pass, or become one through ``reshape_transform``.
             device_ids (list[int], optional): Accepted for signature compatibility
                 with Captum's ``LayerGradCam``; models split over several devices
                 with ``DataParallel`` are not supported.
+            reshape_transform (Callable, optional): Takes the layer's output (N, ...)
+                to the (N, C, h, w) feature map the CAM explains, by moving values
+                only (reshape, permute, slicing), e.g.
+                :class:`captum_fdcam.reshape.TokensToGrid` for a vision transformer's
+                tokens or :class:`~captum_fdcam.reshape.ChannelsLastToFirst` for
+                Swin's maps. ``None``: the output is the feature map. Default: None
         """
         check_layer(forward_func, layer)
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError(
+                f"reshape_transform must be callable, got {type(reshape_transform).__name__}."
+            )
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        self.reshape_transform = reshape_transform
 
     @abstractmethod
     def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
@@ -176,8 +193,13 @@ class LayerCamBase(LayerAttribution):
         layer = self.layer
         forward_func = uncompiled(self.forward_func)
         name = layer_name(forward_func, layer)
+        layout = FeatureLayout(self.reshape_transform, name)
         capture_factory = partial(
-            LayerCapture, layer, name, attribute_to_layer_input=attribute_to_layer_input
+            LayerCapture,
+            layer,
+            name,
+            attribute_to_layer_input=attribute_to_layer_input,
+            layout=layout,
         )
         capture = capture_factory(requires_grad=self.requires_gradients)
         recorder = (
@@ -191,7 +213,8 @@ class LayerCamBase(LayerAttribution):
                 output = _run_forward(forward_func, formatted, None, extra)
         with torch.set_grad_enabled(self.requires_gradients):
             scores = select_target_scores(output, target)
-        activations = capture.activations
+        raw = capture.activations
+        activations = tuple(layout.to_map(a) for a in raw)
         finite = torch.isfinite(scores.detach())
         if not finite.all():
             # Gradients and score differences of a NaN or infinite score are NaN: fail
@@ -211,7 +234,7 @@ class LayerCamBase(LayerAttribution):
                 raise unused
             grads = torch.autograd.grad(
                 scores,
-                activations,
+                raw,
                 grad_outputs=torch.ones_like(scores),
                 allow_unused=True,
                 **(grad_kwargs or {}),
@@ -229,7 +252,8 @@ class LayerCamBase(LayerAttribution):
                     "(e.g. log or sqrt of 0 in the model, even in a branch the target does "
                     "not use)."
                 )
-            gradients = tuple(grads)
+            # d score / d map is the gradient at the values the map was taken from.
+            gradients = tuple(layout.to_map(g) for g in grads)
         engine = None
         if self.uses_perturbations:
             warn_if_training(self.forward_func, type(self).__name__)
@@ -250,6 +274,8 @@ class LayerCamBase(LayerAttribution):
                 capture_factory=partial(capture_factory, requires_grad=False),
                 attribute_to_layer_input=attribute_to_layer_input,
                 recorder=recorder,
+                layout=layout,
+                layer_output=raw[0].detach(),
             )
         return LayerState(
             inputs=formatted,
@@ -259,6 +285,7 @@ class LayerCamBase(LayerAttribution):
             activations=tuple(a.detach() for a in activations),
             gradients=gradients,
             engine=engine,
+            layout=layout,
         )
 
     def _terms(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
@@ -368,8 +395,12 @@ class GradientLayerCam(LayerCamBase, GradientAttribution):
         forward_func: Callable[..., Tensor],
         layer: Module,
         device_ids: list[int] | None = None,
+        *,
+        reshape_transform: ReshapeTransform | None = None,
     ) -> None:
-        LayerCamBase.__init__(self, forward_func, layer, device_ids)
+        LayerCamBase.__init__(
+            self, forward_func, layer, device_ids, reshape_transform=reshape_transform
+        )
         GradientAttribution.__init__(self, forward_func)
 
     def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
@@ -404,8 +435,12 @@ class PerturbationLayerCam(LayerCamBase, PerturbationAttribution):
         forward_func: Callable[..., Tensor],
         layer: Module,
         device_ids: list[int] | None = None,
+        *,
+        reshape_transform: ReshapeTransform | None = None,
     ) -> None:
-        LayerCamBase.__init__(self, forward_func, layer, device_ids)
+        LayerCamBase.__init__(
+            self, forward_func, layer, device_ids, reshape_transform=reshape_transform
+        )
         PerturbationAttribution.__init__(self, forward_func)
 
     @log_usage()
@@ -459,6 +494,10 @@ class GradientPerturbationLayerCam(PerturbationLayerCam, GradientAttribution):
         forward_func: Callable[..., Tensor],
         layer: Module,
         device_ids: list[int] | None = None,
+        *,
+        reshape_transform: ReshapeTransform | None = None,
     ) -> None:
-        PerturbationLayerCam.__init__(self, forward_func, layer, device_ids)
+        PerturbationLayerCam.__init__(
+            self, forward_func, layer, device_ids, reshape_transform=reshape_transform
+        )
         GradientAttribution.__init__(self, forward_func)

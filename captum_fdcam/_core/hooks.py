@@ -18,6 +18,8 @@ from torch import Tensor
 from torch.nn import Module
 from torch.utils.hooks import RemovableHandle
 
+from captum_fdcam._core.layout import FeatureLayout
+
 
 def _as_tensor_tuple(value: Any, layer_name: str, where: str) -> tuple[tuple[Tensor, ...], bool]:
     """Splits a layer's output (or its positional inputs) into a tuple of tensors.
@@ -47,10 +49,12 @@ class LayerCapture:
         replace: optional function mapping the captured activations to the tensors
             handed to the rest of the network (used by perturbation methods). By
             default the rest of the network gets a copy of the activations.
+        layout: how the captured tensors become (N, C, H, W) feature maps (the
+            ``reshape_transform``); by default they must be 4-D already.
 
-    After the ``with`` block, :attr:`activations` holds the captured tensors,
-    each checked to be 4-D (N, C, H, W). The hook is removed when the block
-    exits, also on error.
+    After the ``with`` block, :attr:`activations` holds the captured tensors in
+    the layer's own layout, each checked by ``layout`` to give a feature map. The
+    hook is removed when the block exits, also on error.
     """
 
     def __init__(
@@ -60,12 +64,14 @@ class LayerCapture:
         attribute_to_layer_input: bool = False,
         requires_grad: bool = True,
         replace: Callable[[tuple[Tensor, ...]], Sequence[Tensor]] | None = None,
+        layout: FeatureLayout | None = None,
     ) -> None:
         self.layer = layer
         self.layer_name = layer_name
         self.attribute_to_layer_input = attribute_to_layer_input
         self.requires_grad = requires_grad
         self.replace = replace
+        self.layout = layout or FeatureLayout(None, layer_name)
         self.calls = 0
         self._activations: tuple[Tensor, ...] | None = None
         self._handle: RemovableHandle | None = None
@@ -89,13 +95,13 @@ class LayerCapture:
                 "choose another layer or give that call its own module."
             )
         tensors, single = _as_tensor_tuple(value, self.layer_name, where)
+        if self.layout.transform is not None and len(tensors) != 1:
+            raise ValueError(
+                f"The {where} of layer {self.layer_name} is {len(tensors)} tensors; "
+                "reshape_transform applies to a layer with a single output (input)."
+            )
         for t in tensors:
-            if t.dim() != 4:
-                raise ValueError(
-                    f"The {where} of layer {self.layer_name} has shape {tuple(t.shape)}; "
-                    "CAM methods need a 4-D (N, C, H, W) feature map: choose a "
-                    "convolutional layer."
-                )
+            self.layout.check(t, where)
         # Detaching stops gradients at the layer; the leaf shares storage with the
         # layer's true output, which nothing else holds: the network downstream gets
         # a separate tensor, so an in-place op after the layer cannot overwrite it.

@@ -24,6 +24,7 @@ from captum._utils.progress import progress as captum_progress
 from torch import Tensor
 
 from captum_fdcam._core.hooks import LayerCapture
+from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.replay import PreLayerRecorder, ReplayError, replay
 from captum_fdcam._core.validation import select_target_scores
 
@@ -82,6 +83,10 @@ class PerturbationEngine:
     capture_factory: Callable[..., LayerCapture]
     attribute_to_layer_input: bool = False
     recorder: PreLayerRecorder | None = None
+    #: The layer's feature layout and its own output (N, ...), in which the switched
+    #: copies go back into the network.
+    layout: FeatureLayout | None = None
+    layer_output: Tensor | None = None
     _bar: Any = None
     _fallback_warned: bool = field(default=False)
 
@@ -213,6 +218,8 @@ class PerturbationEngine:
             if check:
                 masks = torch.cat([live[None], masks])
             copies = activation[None] * masks[:, :, None, None].to(activation.dtype)
+            if self.layout is not None and self.layer_output is not None:
+                copies = self.layout.from_map(self.layer_output[sample : sample + 1], copies)
             result = self._switched_forward(sample, copies, reference, score, check)
             if check:
                 result = result[1:]

@@ -38,6 +38,7 @@ from torch.nn import Module
 
 from captum_fdcam._core.base import LayerCamBase
 from captum_fdcam._core.hooks import run_eagerly
+from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.validation import (
     TORCHSCRIPT_HINT,
     check_inputs,
@@ -144,7 +145,8 @@ class _FineGrained:
         show_progress: bool,
         grad_kwargs: dict[str, Any] | None,
         record_graph: bool = False,
-    ) -> Tensor:
+    ) -> tuple[Tensor, FeatureLayout | None]:
+        """The base CAM's components (N, K, h, w) and the layout of its layer."""
         base = self.base_cam
         state = base._layer_state(
             inputs,
@@ -163,7 +165,7 @@ class _FineGrained:
             components = base._components(state.activations[0], gradient, state)
             if self.denoise:
                 components = denoise_components(components, self.singular_values)
-        return components
+        return components, state.layout
 
     def relevance(self, *args: Any, **kwargs: Any) -> tuple[Tensor, ...]:
         """:meth:`_relevance`, with compiled models run uncompiled: a compiled graph may
@@ -188,7 +190,7 @@ class _FineGrained:
         extra = _format_additional_forward_args(additional_forward_args)
         options = (target, extra, perturbations_per_eval, show_progress, grad_kwargs)
         if layer is self.base_cam.layer and not attribute_to_layer_input:
-            relevances: tuple[Tensor, ...] = (self.components(formatted, *options),)
+            relevances: tuple[Tensor, ...] = (self.components(formatted, *options)[0],)
         else:
             # The base CAM's forward pass also records the propagation graph of
             # the network before its layer: one forward pass serves both.
@@ -201,8 +203,14 @@ class _FineGrained:
                 target_input=attribute_to_layer_input,
                 stop_at_start=False,
             ) as run:
-                components = self.components(run.inputs, *options, record_graph=True)
-                relevances = run.relevance(lambda _: components)
+                components, layout = self.components(run.inputs, *options, record_graph=True)
+                # With a reshape_transform the relevance starts in the layer's own
+                # layout; values the transform drops (a class token) start with none.
+                relevances = run.relevance(
+                    lambda start: (
+                        components if layout is None else layout.scatter(components, start)
+                    )
+                )
         maps = tuple(r.sum(dim=1, keepdim=True) for r in relevances)
         return tuple(torch.relu(m) for m in maps) if relu_attributions else maps
 

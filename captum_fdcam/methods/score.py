@@ -22,6 +22,7 @@ from captum_fdcam._core.base import (
     PerturbationLayerCam,
     safe_divide,
 )
+from captum_fdcam._core.layout import ReshapeTransform
 from captum_fdcam._core.perturbation import PerturbationEngine, check_score_type, unique_rows
 
 
@@ -99,7 +100,9 @@ class LayerScoreCam(PerturbationLayerCam):
     Neural Networks", CVPR Workshops 2020. https://arxiv.org/abs/1910.01279
 
     Args:
-        forward_func, layer, device_ids: as in Captum's ``LayerGradCam``.
+        forward_func, layer, device_ids, reshape_transform: as in
+            :class:`~captum_fdcam.LayerCamBase` (Captum's ``LayerGradCam``, plus the
+            transformer layout).
         score: ``'probability'`` (default, softmax over classes) or ``'logit'``.
         baseline: value (float, or tensor broadcastable to one input) of the
             baseline input whose score is subtracted; ``None`` subtracts nothing.
@@ -111,10 +114,11 @@ class LayerScoreCam(PerturbationLayerCam):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
+        reshape_transform: ReshapeTransform | None = None,
         score: Literal["logit", "probability"] = "probability",
         baseline: float | Tensor | None = 0.0,
     ) -> None:
-        super().__init__(forward_func, layer, device_ids)
+        super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
         self.score = check_score_type(score)
         self.baseline = baseline
 
@@ -164,7 +168,9 @@ class LayerGroupCam(GradientPerturbationLayerCam):
     Convolutional Networks", 2021. https://arxiv.org/abs/2103.13859
 
     Args:
-        forward_func, layer, device_ids: as in Captum's ``LayerGradCam``.
+        forward_func, layer, device_ids, reshape_transform: as in
+            :class:`~captum_fdcam.LayerCamBase` (Captum's ``LayerGradCam``, plus the
+            transformer layout).
         groups: number of channel groups G (at most the number of channels;
             fewer channels give one group each). Default: 32
         blur_kernel_size: odd size of the Gaussian blur kernel. Default: 51
@@ -178,12 +184,13 @@ class LayerGroupCam(GradientPerturbationLayerCam):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
+        reshape_transform: ReshapeTransform | None = None,
         groups: int = 32,
         blur_kernel_size: int = 51,
         blur_sigma: float = 50.0,
         score: Literal["logit", "probability"] = "probability",
     ) -> None:
-        super().__init__(forward_func, layer, device_ids)
+        super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
         if groups < 1:
             raise ValueError(f"groups must be a positive integer, got {groups}.")
         if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:

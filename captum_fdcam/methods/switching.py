@@ -22,6 +22,7 @@ from captum_fdcam._core.base import (
     safe_divide,
 )
 from captum_fdcam._core.hooks import run_eagerly
+from captum_fdcam._core.layout import ReshapeTransform
 from captum_fdcam._core.perturbation import check_score_type
 
 
@@ -45,7 +46,9 @@ class LayerAblationCam(PerturbationLayerCam):
     Network via Gradient-free Localization", WACV 2020.
 
     Args:
-        forward_func, layer, device_ids: as in Captum's ``LayerGradCam``.
+        forward_func, layer, device_ids, reshape_transform: as in
+            :class:`~captum_fdcam.LayerCamBase` (Captum's ``LayerGradCam``, plus the
+            transformer layout).
         score: ``'logit'`` (default, as the paper) or ``'probability'``.
     """
 
@@ -57,9 +60,10 @@ class LayerAblationCam(PerturbationLayerCam):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
+        reshape_transform: ReshapeTransform | None = None,
         score: Literal["logit", "probability"] = "logit",
     ) -> None:
-        super().__init__(forward_func, layer, device_ids)
+        super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
         self.score = check_score_type(score)
 
     def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
@@ -135,7 +139,9 @@ class LayerFDCam(GradientPerturbationLayerCam):
     Visual Explanation for CNNs", CVPR 2022 XAI4CV workshop. https://arxiv.org/abs/2206.08792
 
     Args:
-        forward_func, layer, device_ids: as in Captum's ``LayerGradCam``.
+        forward_func, layer, device_ids, reshape_transform: as in
+            :class:`~captum_fdcam.LayerCamBase` (Captum's ``LayerGradCam``, plus the
+            transformer layout).
         group_fraction: share of the most similar channels in each group, in
             (0, 1]; ``None`` for no grouping. Default: 0.05
         switch: ``'both'`` (switch-off and switch-on, the paper) or ``'off'``.
@@ -153,13 +159,14 @@ class LayerFDCam(GradientPerturbationLayerCam):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
+        reshape_transform: ReshapeTransform | None = None,
         group_fraction: float | None = 0.05,
         switch: Literal["both", "off"] = "both",
         combination: Literal["exp", "linear"] = "exp",
         bias: float = 0.5,
         score: Literal["logit", "probability"] = "logit",
     ) -> None:
-        super().__init__(forward_func, layer, device_ids)
+        super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
         if group_fraction is not None and not 0.0 < group_fraction <= 1.0:
             raise ValueError(f"group_fraction must be in (0, 1] or None, got {group_fraction}.")
         if switch not in ("both", "off"):

@@ -1,0 +1,94 @@
+"""Ready ``reshape_transform`` callables for transformer layers.
+
+Every CAM here takes ``reshape_transform=``, a callable from the layer's output to
+an (N, C, h, w) feature map (the convention of ``pytorch-grad-cam``). It must only
+move values (reshape, permute, slicing): the channel-switching methods put their
+switched copies back through the inverse layout. Two layouts cover the common
+vision transformers::
+
+    from captum_fdcam import LayerFDCam
+    from captum_fdcam.reshape import ChannelsLastToFirst, TokensToGrid
+
+    # torchvision / timm ViT, DeiT (prefix_tokens=2), ViT with registers (1 + R)
+    cam = LayerFDCam(vit, vit.encoder.layers[-1].ln_1, reshape_transform=TokensToGrid())
+    # torchvision Swin: (N, h, w, C) feature maps
+    cam = LayerFDCam(swin, swin.norm, reshape_transform=ChannelsLastToFirst())
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+
+class TokensToGrid:
+    """ViT-style tokens (N, P + h w, C) to a feature map (N, C, h, w).
+
+    The first ``prefix_tokens`` tokens (the class token; DeiT's distillation token;
+    registers) are dropped, and the patch tokens, in row-major order as patch
+    embeddings produce them, are laid out on the grid.
+
+    Args:
+        prefix_tokens: tokens before the patch tokens. Default: 1 (the class token)
+        grid_size: (h, w) of the patch grid, or one int for a square grid; ``None``
+            (the default) takes the square root of the number of patch tokens.
+    """
+
+    def __init__(self, prefix_tokens: int = 1, grid_size: int | tuple[int, int] | None = None):
+        if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int):
+            raise TypeError(f"prefix_tokens must be an int, got {type(prefix_tokens).__name__}.")
+        if prefix_tokens < 0:
+            raise ValueError(f"prefix_tokens must be >= 0, got {prefix_tokens}.")
+        if isinstance(grid_size, int):
+            grid_size = (grid_size, grid_size)
+        if grid_size is not None and (len(grid_size) != 2 or min(grid_size) < 1):
+            raise ValueError(f"grid_size must be two positive ints, got {grid_size}.")
+        self.prefix_tokens = prefix_tokens
+        self.grid_size = grid_size
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        if tokens.dim() != 3:
+            raise ValueError(
+                f"TokensToGrid expects tokens of shape (N, tokens, C), got {tuple(tokens.shape)}."
+            )
+        n, count, channels = tokens.shape
+        patches = count - self.prefix_tokens
+        if self.grid_size is None:
+            side = math.isqrt(max(patches, 0))
+            if patches < 1 or side * side != patches:
+                raise ValueError(
+                    f"{count} tokens less {self.prefix_tokens} prefix token(s) leave {patches} "
+                    "patch tokens, not a square grid: pass grid_size=(h, w) or the right "
+                    "prefix_tokens."
+                )
+            h = w = side
+        else:
+            h, w = self.grid_size
+            if h * w != patches:
+                raise ValueError(
+                    f"grid_size {h}x{w} needs {h * w} patch tokens, got {patches} "
+                    f"({count} tokens less {self.prefix_tokens} prefix token(s))."
+                )
+        grid = tokens[:, self.prefix_tokens :].reshape(n, h, w, channels)
+        return grid.permute(0, 3, 1, 2)
+
+    def __repr__(self) -> str:
+        return f"TokensToGrid(prefix_tokens={self.prefix_tokens}, grid_size={self.grid_size})"
+
+
+class ChannelsLastToFirst:
+    """A channels-last feature map (N, h, w, C), as Swin's stages give, to (N, C, h, w)."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(
+                f"ChannelsLastToFirst expects (N, h, w, C), got shape {tuple(x.shape)}."
+            )
+        return x.permute(0, 3, 1, 2)
+
+    def __repr__(self) -> str:
+        return "ChannelsLastToFirst()"
+
+
+__all__ = ["ChannelsLastToFirst", "TokensToGrid"]
