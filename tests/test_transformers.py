@@ -10,15 +10,20 @@ library's layout or replay code is used.
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
 import warnings
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 from captum.attr import LayerAttribution
+from PIL import Image
 from test_perturbation_cams import naive_groups, naive_min_max
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
@@ -409,3 +414,66 @@ def test_model_and_inputs_unchanged(vit: nn.Module) -> None:
     assert torch.equal(x, before_x)
     assert all(torch.equal(v, before[k]) for k, v in vit.state_dict().items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in vit.modules())
+
+
+# ------------------------------------------------------------- example
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_vit_example(tmp_path: Path) -> None:
+    """examples/vit_cam.py trains its ViT, explains it at two layers, draws the maps."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "vit_cam.py"
+    spec = importlib.util.spec_from_file_location("example_vit_cam", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # dataclasses look their module up there
+    spec.loader.exec_module(example)
+    result = example.main(["--small", "--out", str(tmp_path)])
+
+    assert result.accuracy >= 0.9  # the model learned the colours
+    for layer, shapes in result.shapes.items():
+        assert set(shapes) == set(example.SHOWN_METHODS), layer
+        assert all(shape == (24, 1, 4, 4) for shape in shapes.values()), layer
+    # Before any attention, the input-masking Score-CAM finds the square's patch far
+    # more often than chance (1/16), as the example says.
+    first = result.hit_rates[example.LAYERS[0]]
+    assert first["Score-CAM"] > 4 / 16
+    assert all(0 <= rate <= 1 for rates in result.hit_rates.values() for rate in rates.values())
+    with Image.open(result.figure) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.std() > 30 and pixels.shape[0] > 300
+
+
+def test_the_docs_example_runs() -> None:
+    """The first code block of docs/transformers.md runs as written."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "transformers.md"
+    code = page.read_text(encoding="utf-8").split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, str(page), "exec"), namespace)
+    assert namespace["maps"].shape == (2, 1, 4, 4)
+    assert namespace["full"].shape == (2, 1, 64, 64)
+    assert namespace["swin_maps"].shape == (2, 1, 8, 8)
+    assert namespace["maps"].abs().sum() > 0
+
+
+def test_quantus_explain_func_takes_the_transform(vit: nn.Module) -> None:
+    """A Quantus user passes the transform through explain's method_kwargs and the
+    layer by name (which also works on the copies Quantus's randomisation tests make)."""
+    from captum_fdcam.evaluation import explain
+
+    x = images().float()
+    vit32 = copy.deepcopy(vit).float()
+    ours = explain(
+        vit32,
+        x.numpy(),
+        np.array([1, 4]),
+        method="FD-CAM",
+        layer="encoder.layers.encoder_layer_1.ln_1",
+        method_kwargs={"reshape_transform": TokensToGrid()},
+    )
+    direct = LayerFDCam(
+        vit32, vit32.encoder.layers[-1].ln_1, reshape_transform=TokensToGrid()
+    ).attribute(x, target=[1, 4], relu_attributions=True)
+    expected = LayerAttribution.interpolate(direct, (32, 32), "bilinear")
+    assert ours.shape == (2, 1, 32, 32)
+    np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-5, atol=1e-6)
