@@ -13,8 +13,10 @@ its rules). The order of precedence, highest first:
    ``Conv2dStaticSamePadding``) get their base's rule.
 
 Modules without a rule that only move values around (``Flatten``, zero padding,
-``Identity``) let relevance follow them unchanged; any other module without a
-rule is an error naming it, never a silent guess.
+``Identity``, torchvision's ``Permute``) let relevance follow them unchanged; any
+other module without a rule is an error naming it, never a silent guess. So are
+attention and LayerNorm-style modules (:func:`unsupported_reason`), composite or
+not: no rule here propagates through them.
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ def default_rules() -> dict[type[Module], RuleSpec]:
     return table
 
 
+def _permute() -> tuple[type[Module], ...]:
+    try:
+        from torchvision.ops.misc import Permute
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+    return (Permute,)
+
+
 #: Modules that only copy, reshape or zero-pad values: relevance follows the values.
 PASSTHROUGH: tuple[type[Module], ...] = (
     nn.Identity,
@@ -103,7 +113,49 @@ PASSTHROUGH: tuple[type[Module], ...] = (
     nn.ZeroPad1d,
     nn.ZeroPad2d,
     nn.ZeroPad3d,
+    *_permute(),
 )
+
+
+def _window_attention() -> tuple[type[Module], ...]:
+    try:
+        # V2 subclasses it.
+        from torchvision.models.swin_transformer import ShiftedWindowAttention
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return ()
+    return (ShiftedWindowAttention,)
+
+
+#: Attention: ``nn.MultiheadAttention`` is not a leaf module (its ``out_proj`` is
+#: never called as a module), so without this check the engine would pass
+#: relevance through it by plain gradients, silently.
+ATTENTION: tuple[type[Module], ...] = (nn.MultiheadAttention, *_window_attention())
+#: Normalisations by a statistic of the same input (per token or per group).
+DATA_DEPENDENT_NORMS: tuple[type[Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+_NO_RULE = "which no rule here (z+, z^B, Captum's weight-rewriting rules) propagates through"
+_TRANSFORMER_LRP = (
+    "Transformer LRP (Chefer et al., CVPR 2021; AttnLRP, Achtibat et al., ICML 2024) "
+    "needs dedicated rules for attention and LayerNorm, which are not implemented here; "
+    "passing relevance by their gradients instead would not be LRP. Explain such a "
+    "model with a CAM at one of its layers, or give the module a rule yourself "
+    "(module.rule) if you accept what that rule means there."
+)
+
+
+def unsupported_reason(module: Module) -> str | None:
+    """Why no default rule can propagate through ``module``, or ``None``."""
+    if isinstance(module, ATTENTION):
+        return (
+            f"attention computes softmax(Q K^T) V, a product of two activations, "
+            f"{_NO_RULE}. {_TRANSFORMER_LRP}"
+        )
+    if isinstance(module, DATA_DEPENDENT_NORMS):
+        return (
+            f"{type(module).__name__} divides by a standard deviation (or RMS) computed "
+            f"from its own input, {_NO_RULE}. {_TRANSFORMER_LRP}"
+        )
+    return None
 
 
 def _make(spec: RuleSpec) -> PropagationRule:
@@ -188,4 +240,13 @@ def _has_weight(module: Module) -> bool:
     return getattr(module, "weight", None) is not None
 
 
-__all__ = ["PASSTHROUGH", "RuleAssignment", "RuleSpec", "ZBoxRule", "default_rules"]
+__all__ = [
+    "ATTENTION",
+    "DATA_DEPENDENT_NORMS",
+    "PASSTHROUGH",
+    "RuleAssignment",
+    "RuleSpec",
+    "ZBoxRule",
+    "default_rules",
+    "unsupported_reason",
+]

@@ -38,7 +38,7 @@ from torch.nn import Module
 from torch.utils.hooks import RemovableHandle
 
 from captum_fdcam._core.validation import layer_name
-from captum_fdcam.propagation.assignment import PASSTHROUGH, RuleAssignment
+from captum_fdcam.propagation.assignment import PASSTHROUGH, RuleAssignment, unsupported_reason
 from captum_fdcam.propagation.rules import relevance_ratio, rule_ratio, rule_relevance
 
 
@@ -157,8 +157,13 @@ class _Session:
         if self.paused:
             return None
         if self.inside or not self.assignment.has_rule(module):
-            if not self.inside and next(module.children(), None) is None:
-                if not isinstance(module, PASSTHROUGH):
+            if not self.inside:
+                # Checked on composite modules too: MultiheadAttention's children
+                # are never called, so nothing inside it would raise.
+                reason = unsupported_reason(module)
+                if reason is not None:
+                    raise TypeError(f"No LRP rule for {self._name(module)}: {reason}")
+                if next(module.children(), None) is None and not isinstance(module, PASSTHROUGH):
                     raise TypeError(
                         f"No LRP rule for {self._name(module)}. Give it one, the way "
                         "Captum's LRP does (module.rule = IdentityRule() passes relevance "

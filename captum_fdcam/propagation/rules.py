@@ -16,6 +16,11 @@ Captum's own rules (``EpsilonRule``, ``GammaRule``, ``Alpha1_Beta0_Rule``,
 ``IdentityRule``) work too: :func:`rule_relevance` applies them as Captum's
 ``LRP`` does, rewriting the module's weights with the rule's
 ``_manipulate_weights`` for the time of one call and restoring them afterwards.
+
+Both rules here also work inside Captum's own ``LRP`` (and ``LayerLRP``), set as
+``module.rule``: :class:`EngineRule` replaces the hooks Captum registers, so that
+Captum's weight rewriting, which cannot express them, is never used; see
+:meth:`EngineRule.forward_hook`.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from captum._utils.common import _format_tensor_into_tuples
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, IdentityRule, PropagationRule
 from torch import Tensor
 from torch.nn import Module
+from torch.utils.hooks import RemovableHandle
 
 
 def relevance_ratio(relevance: Tensor, x: Tensor) -> Tensor:
@@ -44,7 +51,9 @@ class EngineRule(PropagationRule):
     """A Captum propagation rule that computes its relevance directly.
 
     Captum's ``LRP`` applies a rule by rewriting weights, which cannot express the
-    signed z+ or the z^B rule; this library's engine calls :meth:`relevance`.
+    signed z+ or the z^B rule. This library's engine calls :meth:`relevance`;
+    Captum's ``LRP`` and ``LayerLRP`` call the hooks below, which route the
+    module's output through :meth:`relevance` too and leave the weights alone.
     """
 
     @abstractmethod
@@ -73,6 +82,167 @@ class EngineRule(PropagationRule):
         """
         relevances = self.relevance(module, inputs, output, relevance)
         return tuple(relevance_ratio(r, x) for r, x in zip(relevances, inputs, strict=True))
+
+    # ------------------------------------------------------------ Captum's LRP
+
+    def _manipulate_weights(self, module: Module, inputs: Any, outputs: Any) -> None:
+        # Captum's LRP never calls this (forward_hook_weights is overridden); anyone
+        # else applying rules by rewriting weights would get plain gradient x input.
+        raise NotImplementedError(
+            f"{type(self).__name__} computes relevance itself and cannot be applied by "
+            "rewriting weights. Captum's LRP and LayerLRP apply it through its own "
+            "forward_hook; elsewhere call its relevance() method."
+        )
+
+    def forward_hook_weights(self, module: Module, inputs: Any, outputs: Any) -> None:
+        """Captum's first forward pass: keeps the activations, rewrites no weight."""
+        device = inputs[0].device if isinstance(inputs, tuple) else inputs.device
+        activations = module.activations  # type: ignore[union-attr]
+        if device in activations:
+            raise RuntimeError(
+                f"Module {module} is being used more than once in the network, which is "
+                "not supported by LRP. Please ensure that module is being used only once "
+                "in the network."
+            )
+        activations[device] = tuple(x.data for x in _format_tensor_into_tuples(inputs))
+
+    def forward_hook(self, module: Module, inputs: Any, outputs: Any) -> Tensor:
+        """Captum's second forward pass: the output, routed through this rule.
+
+        Captum carries the relevance R itself as the gradient between layers. Its
+        own rules divide R by the output, let autograd apply the (rewritten)
+        module's Jacobian, and multiply by the input in a hook on the input
+        tensor. Here the output's gradient (R) goes to :meth:`relevance` instead,
+        and autograd receives ``R_in / x``; the input hook, registered once per
+        tensor as Captum does and shared with Captum's rules, multiplies by x.
+        Relevance at inputs equal to 0 (z^B gives some to them) cannot pass as
+        ``R_in / x``: it is added back by the same hook.
+        """
+        if not isinstance(outputs, Tensor):
+            raise TypeError(
+                f"{type(self).__name__} in Captum's LRP needs a module returning one "
+                f"tensor; {type(module).__name__} returns {type(outputs).__name__}."
+            )
+        args = tuple(x for x in _format_tensor_into_tuples(inputs) if isinstance(x, Tensor))
+        self._has_single_input = len(args) == 1
+        handles: list[RemovableHandle] = []
+        self._handle_input_hooks = handles
+        carriers = tuple(_input_carrier(x, handles) for x in args)
+        call = _CaptumCall(self, module, outputs.detach(), carriers)
+        return _CaptumRuleFunction.apply(call, *args)
+
+
+class _ZeroInputRelevance:
+    """Relevance of the entries of one tensor equal to 0, added after ``x * grad``.
+
+    Lives on the tensor (shared by every rule of this library that reads it) and
+    is its Captum input hook: ``grad * x`` as Captum's, plus what the rules left.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        self.x = x
+        self.pending: Tensor | None = None
+
+    def add(self, relevance: Tensor) -> None:
+        self.pending = relevance if self.pending is None else self.pending + relevance
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        relevance = grad * self.x
+        if self.pending is not None:
+            relevance = relevance + self.pending
+            self.pending = None
+        # Captum's protocol: a nonlinear layer (ReLU) that produced this tensor
+        # passes on ``replace_out`` as the relevance of its input.
+        grad.replace_out = relevance  # type: ignore[attr-defined]
+        return relevance
+
+
+_CARRIER = "_captum_fdcam_zero_input_relevance"
+
+
+def _input_carrier(x: Tensor, handles: list[RemovableHandle]) -> _ZeroInputRelevance | None:
+    """The tensor's input hook if this library registered it (registering it first),
+    ``None`` where a Captum rule's hook came first or no gradient reaches ``x``."""
+    carrier = getattr(x, _CARRIER, None)
+    if carrier is not None or hasattr(x, "hook_registered") or not x.requires_grad:
+        return carrier
+    carrier = _ZeroInputRelevance(x.detach())
+    handles.append(x.register_hook(carrier))
+    setattr(x, _CARRIER, carrier)
+    # Captum's own rules skip tensors marked so: one multiplication by x per tensor.
+    x.hook_registered = True  # type: ignore[attr-defined]
+    return carrier
+
+
+class _CaptumCall:
+    """One call of a module whose :class:`EngineRule` Captum's ``LRP`` applies."""
+
+    def __init__(
+        self,
+        rule: EngineRule,
+        module: Module,
+        output: Tensor,
+        carriers: tuple[_ZeroInputRelevance | None, ...],
+    ) -> None:
+        self.rule = rule
+        self.module = module
+        self.output = output
+        self.carriers = carriers
+
+
+class _CaptumRuleFunction(torch.autograd.Function):
+    """Identity in the forward pass; ``R_out -> R_in / x`` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, call: _CaptumCall, *inputs: Tensor) -> Tensor:
+        ctx.call = call
+        # Saved for autograd's check that no later in-place operation changed them.
+        ctx.save_for_backward(*inputs)
+        return call.output.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        call: _CaptumCall = ctx.call
+        inputs = tuple(x.detach() for x in ctx.saved_tensors)
+        rule, module = call.rule, call.module
+        relevances = rule.relevance(module, inputs, call.output, grad_output)
+        ratios = []
+        for i, (x, r, carrier) in enumerate(zip(inputs, relevances, call.carriers, strict=True)):
+            ratios.append(relevance_ratio(r, x))
+            if not ctx.needs_input_grad[i + 1]:
+                continue
+            at_zero = r.masked_fill(x != 0, 0)
+            if not bool(at_zero.any()):
+                continue
+            if carrier is None:
+                raise RuntimeError(
+                    f"{type(rule).__name__} on {type(module).__name__} gives relevance to "
+                    f"entries of its input {i} that are 0, and Captum's LRP cannot carry "
+                    "it there: that tensor is also the input of a layer with one of "
+                    "Captum's rules, whose hook multiplies the gradient by the input. "
+                    "Give that layer a rule of this library, or use "
+                    "captum_fdcam.PropagationLRP."
+                )
+            carrier.add(at_zero)
+        _record_for_layer_lrp(rule, grad_output, relevances)
+        return (None, *ratios)
+
+
+def _record_for_layer_lrp(
+    rule: EngineRule, relevance_output: Tensor, relevance_input: tuple[Tensor, ...]
+) -> None:
+    """What Captum's ``LayerLRP`` reads from a layer's rule after the backward pass."""
+    # Captum gives each rule of a run its own dictionaries; the class's shared
+    # ones must not keep tensors alive.
+    state = vars(rule)
+    if "relevance_output" in state:
+        state["relevance_output"][relevance_output.device] = relevance_output.detach()
+    if "relevance_input" in state:
+        device = relevance_output.device
+        if len(relevance_input) == 1:
+            state["relevance_input"][device] = relevance_input[0].detach()
+        else:
+            state["relevance_input"][device].extend(r.detach() for r in relevance_input)
 
 
 def _single_input(inputs: Sequence[Tensor], rule: str) -> Tensor:
@@ -118,7 +288,7 @@ def _weight(module: Module, rule: str) -> Tensor | None:
     return weight
 
 
-class ZPlusRule(Alpha1_Beta0_Rule, EngineRule):
+class ZPlusRule(EngineRule, Alpha1_Beta0_Rule):
     r"""Signed z+ rule (FG-CAM's rule for hidden layers), bias ignored.
 
     .. math::
@@ -128,9 +298,10 @@ class ZPlusRule(Alpha1_Beta0_Rule, EngineRule):
     Every contribution in the denominator is non-negative, so positive relevance
     stays positive and is conserved wherever the denominator is non-zero. For
     non-negative inputs (after a ReLU) it is Captum's ``Alpha1_Beta0_Rule`` with
-    the bias set to zero, which is what Captum's ``LRP`` applies if given this
-    rule. Modules without a ``weight`` (max- and average-pooling) pass relevance
-    in proportion to their positive inputs: :math:`R_i = x_i^+ \partial_{x_i}
+    the bias set to zero; in Captum's ``LRP`` this rule applies the signed form
+    too (through ``EngineRule.forward_hook``, not by rewriting weights).
+    Modules without a ``weight`` (max- and average-pooling) pass relevance in
+    proportion to their positive inputs: :math:`R_i = x_i^+ \partial_{x_i}
     f(x^+) \, R / f(x^+)`.
     """
 
@@ -195,19 +366,13 @@ class ZBoxRule(EngineRule):
             channels and pixels.
         high: upper bound, likewise; ``None`` takes each example's maximum.
 
-    Captum's ``LRP`` cannot apply this rule (it only rewrites weights); use it
-    with this library's FG-CAM and LRP classes.
+    Works in this library's FG-CAM and LRP classes and, as ``module.rule``, in
+    Captum's ``LRP`` (see ``EngineRule.forward_hook``).
     """
 
     def __init__(self, low: float | Tensor | None = None, high: float | Tensor | None = None):
         self.low = low
         self.high = high
-
-    def _manipulate_weights(self, module: Module, inputs: Any, outputs: Any) -> None:
-        raise NotImplementedError(
-            "ZBoxRule cannot be applied by rewriting weights, which is all Captum's LRP "
-            "does; use captum_fdcam's FGCam or PropagationLRP."
-        )
 
     @staticmethod
     def _bound(value: float | Tensor | None, x: Tensor, reduce: str) -> Tensor:
