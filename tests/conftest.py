@@ -37,6 +37,43 @@ class SmallCNN(nn.Module):
         return self.head(self.act(self.features(x)))
 
 
+def small_vit(seed: int = 0) -> nn.Module:
+    """A 2-block torchvision ViT for 32 px images (8 px patches: a 4x4 grid of patch
+    tokens after the class token, 16 channels, 5 classes), random weights, eval mode.
+
+    torchvision initialises the head and the class token to zeros, which would make
+    every score the same constant: both are drawn at random here.
+    """
+    torch.manual_seed(seed)
+    model = torchvision.models.VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
+        num_classes=5,
+    )
+    nn.init.normal_(model.heads.head.weight)
+    nn.init.normal_(model.class_token)
+    return model.eval()
+
+
+def small_swin(seed: int = 1) -> nn.Module:
+    """A 2-stage torchvision Swin for 32 px images (8x8 then 4x4 channels-last maps,
+    8 then 16 channels, 5 classes), random weights, eval mode."""
+    torch.manual_seed(seed)
+    model = torchvision.models.SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=8,
+        depths=[1, 1],
+        num_heads=[2, 2],
+        window_size=[2, 2],
+        num_classes=5,
+    )
+    return model.eval()
+
+
 @dataclass
 class SplitModel:
     """A model and the same network cut at ``layer``: ``post(layer(pre(x)))``."""

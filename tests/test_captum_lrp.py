@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from captum.attr import LRP, LayerLRP
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, IdentityRule
+from conftest import small_swin, small_vit
 from torch import Tensor, nn
 
 from captum_fdcam import FGCam, LayerFGCam, LayerGradCam, PropagationLRP, ZBoxRule, ZPlusRule
@@ -384,29 +385,12 @@ def test_residual_addition_split_by_us_copied_and_scaled_by_captum() -> None:
 
 
 def _vit() -> tuple[nn.Module, nn.Module, nn.Module, object]:
-    torch.manual_seed(4)
-    model = torchvision.models.VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        mlp_dim=64,
-        num_classes=5,
-    ).eval()
+    model = small_vit()
     return model, model.encoder.layers[-1].ln_1, model.conv_proj, TokensToGrid()
 
 
 def _swin() -> tuple[nn.Module, nn.Module, nn.Module, object]:
-    torch.manual_seed(4)
-    model = torchvision.models.SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[2, 2],
-        window_size=[2, 2],
-        num_classes=5,
-    ).eval()
+    model = small_swin()
     return model, model.norm, model.features[0][0], ChannelsLastToFirst()
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 from captum.attr import LayerAttribution
+from conftest import small_swin, small_vit
 from PIL import Image
 from test_perturbation_cams import naive_groups, naive_min_max
 from torch import Tensor, nn
@@ -49,35 +49,12 @@ FromGrid = Callable[[Tensor, Tensor], Tensor]
 
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-        num_classes=5,
-    )
-    # torchvision initialises the head and the class token to zeros: every score
-    # would be the same constant.
-    nn.init.normal_(model.heads.head.weight)
-    nn.init.normal_(model.class_token)
-    return model.double().eval()
+    return small_vit().double()
 
 
 @pytest.fixture(scope="module")
 def swin() -> nn.Module:
-    torch.manual_seed(1)
-    model = torchvision.models.SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=8,
-        depths=[1, 1],
-        num_heads=[2, 2],
-        window_size=[2, 2],
-        num_classes=5,
-    )
-    return model.double().eval()
+    return small_swin().double()
 
 
 def images(n: int = 2, seed: int = 2) -> Tensor:
