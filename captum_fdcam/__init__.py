@@ -31,6 +31,7 @@ from captum_fdcam.methods import (
     PropagationLRP,
 )
 from captum_fdcam.propagation import ZBoxRule, ZPlusRule
+from captum_fdcam.targets import SegmentationTarget
 
 __version__ = "0.1.0"
 
@@ -66,6 +67,7 @@ __all__ = [
     "LayerXGradCam",
     "PerturbationLayerCam",
     "PropagationLRP",
+    "SegmentationTarget",
     "ZBoxRule",
     "ZPlusRule",
     "__version__",
