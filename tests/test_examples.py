@@ -68,6 +68,42 @@ def test_captum_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "FD-CAM" in capsys.readouterr().out
 
 
+def test_captum_visualization(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from skimage import data
+
+    example = load_example("captum_visualization")
+    result = example.main(["--small", "--out", str(tmp_path)])
+
+    assert 281 <= result.target <= 285 and "cat" in result.category  # chelsea is a cat
+    # The photo handed to Captum is denormalised, (H, W, 3) in [0, 1], as bright as the
+    # photo itself (the normalised tensor would average about 0 and reach -2).
+    image = result.image
+    assert image.shape == (224, 224, 3) and image.min() >= 0 and image.max() <= 1
+    assert abs(image.mean() - data.chelsea().mean() / 255) < 0.05
+    maps = {title: m for title, m in result.maps.items() if m is not None}
+    assert len(maps) == 7 and all(m.shape == (224, 224, 1) for m in maps.values())
+    signed = maps["Grad-CAM, 'espresso', signed"]  # a class the photo does not show
+    assert signed.min() < 0 < signed.max()  # why that panel uses sign="all"
+    for title in (
+        "Grad-CAM",
+        "FD-CAM",
+        "SmoothGrad Grad-CAM (4 copies)",
+        "FG-Grad-CAM at the input",
+    ):
+        assert maps[title].min() >= 0 and maps[title].max() > 0, title
+    # SmoothGrad changes the map, but not where the cat is.
+    smooth, plain = maps["SmoothGrad Grad-CAM (4 copies)"], maps["Grad-CAM"]
+    assert not np.allclose(smooth, plain)
+    assert np.corrcoef(smooth.ravel(), plain.ravel())[0, 1] > 0.3
+
+    assert result.figure.name == "captum-visualization.png"
+    pixels = read_png(result.figure)
+    height, width, _ = pixels.shape
+    assert 600 <= height <= 800 and 1200 <= width <= 1400  # 2 x 4 panels
+    assert_not_blank(pixels)
+    assert "masked_image" in capsys.readouterr().out
+
+
 def test_fd_cam_two_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     example = load_example("fd_cam_two_classes")
     result = example.main(["--small", "--out", str(tmp_path)])
