@@ -8,6 +8,7 @@ call the library's engine.
 
 from __future__ import annotations
 
+import collections
 import math
 import warnings
 from collections.abc import Callable
@@ -423,6 +424,75 @@ def test_the_network_before_the_layer_runs_once_per_input(method: type) -> None:
         for counter in counters:
             counter.handle.remove()
             assert counter.images == 2
+
+
+class _Features:
+    """A container replay cannot look into (neither tuple, list nor mapping)."""
+
+    def __init__(self, skip: Tensor) -> None:
+        self.skip = skip
+
+
+class _EncoderSkip(nn.Module):
+    """A module before the layer returns its features in a container (a dict, as
+    torchvision's IntermediateLayerGetter does; a named tuple; or an opaque object),
+    and a tensor from it is used again after the layer."""
+
+    def __init__(self, wrap: Callable[[Tensor], object], unwrap: Callable[[object], Tensor]):
+        super().__init__()
+        self.wrap, self.unwrap = wrap, unwrap
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.encoder = nn.Sequential(self.conv, nn.ReLU())
+        self.encode = _Wrap(self.encoder, wrap)
+        self.layer = nn.Conv2d(3, 3, 1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        skip = self.unwrap(self.encode(x))
+        return self.head(torch.relu(self.layer(skip)) + skip)
+
+
+class _Wrap(nn.Module):
+    def __init__(self, inner: nn.Module, wrap: Callable[[Tensor], object]) -> None:
+        super().__init__()
+        self.inner, self.wrap = inner, wrap
+
+    def forward(self, x: Tensor) -> object:
+        return self.wrap(self.inner(x))
+
+
+_Skip = collections.namedtuple("_Skip", ["skip", "extra"])
+CONTAINERS = {
+    "dict": (lambda t: {"skip": t}, lambda f: f["skip"]),
+    "ordered dict": (lambda t: collections.OrderedDict(skip=t), lambda f: f["skip"]),
+    "named tuple": (lambda t: _Skip(t, None), lambda f: f.skip),
+    "opaque object": (_Features, lambda f: f.skip),
+}
+
+
+@pytest.mark.parametrize("container", list(CONTAINERS))
+@pytest.mark.parametrize("method", [LayerAblationCam, LayerFDCam], ids=lambda m: m.__name__)
+def test_containers_before_the_layer_replay_per_example(container: str, method: type) -> None:
+    """Every example's map is right, not only the first's: a container's tensor must be
+    expanded to the copies of *its* example (4 examples = K + 1 rows: the batch's own rows
+    would fit the copies' shape)."""
+    wrap, unwrap = CONTAINERS[container]
+    torch.manual_seed(13)
+    model = _EncoderSkip(wrap, unwrap).double().eval()
+    x = torch.randn(4, 3, 4, 4, dtype=torch.float64)
+    targets = [2, 0, 4, 1]
+    counter = _CountImages(model.conv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = method(model, model.layer).attribute(x, target=targets, perturbations_per_eval=4)
+    counter.handle.remove()
+    for i, t in enumerate(targets):
+        naive = naive_ablation if method is LayerAblationCam else naive_fdcam
+        expected = naive(model, model.layer, x[i : i + 1], t)
+        torch.testing.assert_close(ours[i, 0], expected, rtol=1e-7, atol=1e-9)
+    # The convolution before the layer sees each image once: the opaque container's
+    # module runs again for the copies, on its children's recorded outputs.
+    assert counter.images == 4
 
 
 class _InPlaceSkip(nn.Module):

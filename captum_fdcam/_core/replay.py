@@ -24,7 +24,7 @@ caller falls back to full forward passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -50,13 +50,34 @@ class _Call:
 
 
 def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it, containers rebuilt in kind
+    (tuples, named tuples, lists, dicts such as ``IntermediateLayerGetter``'s)."""
     if isinstance(value, Tensor):
         return fn(value)
     if isinstance(value, tuple):
-        return tuple(_map_tensors(v, fn) for v in value)
+        mapped = [_map_tensors(v, fn) for v in value]
+        return type(value)(*mapped) if hasattr(value, "_fields") else tuple(mapped)
     if isinstance(value, list):
         return [_map_tensors(v, fn) for v in value]
+    if isinstance(value, Mapping):
+        return type(value)((k, _map_tensors(v, fn)) for k, v in value.items())
     return value
+
+
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _replayable(value: Any) -> bool:
+    """Whether :func:`_map_tensors` reaches every tensor in ``value``: a recorded output
+    holding a tensor it cannot reach would be handed back unexpanded, with the rows of
+    the whole batch instead of the copies of one example."""
+    if isinstance(value, (Tensor, *_PLAIN)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return all(_replayable(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(_replayable(v) for v in value.values())
+    return False
 
 
 class _GlobalHooks:
@@ -112,7 +133,9 @@ class PreLayerRecorder(_GlobalHooks):
 
     def _post(self, module: Module, args: tuple[Any, ...], output: Any) -> None:
         index = self._stack.pop()
-        if self.layer_call is None:
+        # A call whose output replay cannot rebuild runs again for the copies (on the
+        # example's expanded inputs); its children are short-cut instead.
+        if self.layer_call is None and _replayable(output):
             self.calls[index].before_layer = True
             self.outputs[index] = _map_tensors(output, Tensor.detach)
 
