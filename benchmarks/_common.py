@@ -309,6 +309,14 @@ def add_measuring_arguments(parser: argparse.ArgumentParser, timeout_s: float = 
 # --------------------------------------------------------------------------- reports
 
 
+def find_row(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    """The first measured row (one with a time) whose fields equal ``match``."""
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()) and "s_per_image" in row:
+            return row
+    return None
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 

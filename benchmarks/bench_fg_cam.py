@@ -43,6 +43,7 @@ from _common import (
     build,
     environment,
     environment_lines,
+    find_row,
     fmt,
     measure,
     measure_calls,
@@ -221,23 +222,16 @@ def build_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return configs
 
 
-def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
-    for row in rows:
-        if all(row.get(k) == v for k, v in match.items()) and "s_per_image" in row:
-            return row
-    return None
-
-
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Adds time / floor time and time / Captum LRP's time (same model and batch)."""
     for row in rows:
         if "s_per_image" not in row:
             continue
         same = {"model": row["model"], "batch": row["batch"]}
-        floor = _find(rows, impl=FLOOR, **same)
+        floor = find_row(rows, impl=FLOOR, **same)
         if floor is not None:
             row["ratio_to_floor"] = row["s_per_image"] / floor["s_per_image"]
-        captum_lrp = _find(rows, impl=CAPTUM_LRP, **same)
+        captum_lrp = find_row(rows, impl=CAPTUM_LRP, **same)
         if captum_lrp is not None:
             row["ratio_to_captum_lrp"] = row["s_per_image"] / captum_lrp["s_per_image"]
 
@@ -247,7 +241,7 @@ def check_targets(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[
     out = []
     for model in args.models:
         for batch in args.batch_sizes:
-            fg = _find(rows, model=model, batch=batch, impl=FG) or {}
+            fg = find_row(rows, model=model, batch=batch, impl=FG) or {}
             value = fg.get("ratio_to_floor")
             met = None if value is None else value <= TARGET_RATIO
             out.append(

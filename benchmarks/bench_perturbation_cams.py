@@ -35,6 +35,7 @@ from _common import (
     build,
     environment,
     environment_lines,
+    find_row,
     fmt,
     measure,
     measure_calls,
@@ -254,20 +255,13 @@ def build_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return configs
 
 
-def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
-    for row in rows:
-        if all(row.get(k) == v for k, v in match.items()) and "s_per_image" in row:
-            return row
-    return None
-
-
 def add_floor_sums(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Inserts, after each model's two floor rows, the row of their sum (FD-CAM's floor)."""
     out = []
     for row in rows:
         out.append(row)
         if row["impl"] == FLOOR and row["method"] == FLOOR_TAIL:
-            fb = _find(rows, model=row["model"], impl=FLOOR, method=FLOOR_FB)
+            fb = find_row(rows, model=row["model"], impl=FLOOR, method=FLOOR_FB)
             if fb is not None and "s_per_image" in row:
                 out.append(
                     {
@@ -284,7 +278,7 @@ def add_floor_sums(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _ratio(rows: list[dict[str, Any]], row: dict[str, Any], name: str, **match: Any) -> None:
     """Sets ``row["ratios"][name]`` to row's time / the time of the row matching ``match``."""
-    other = _find(rows, model=row["model"], **match)
+    other = find_row(rows, model=row["model"], **match)
     if other is not None:
         row.setdefault("ratios", {})[name] = row["s_per_image"] / other["s_per_image"]
 
@@ -308,8 +302,8 @@ def check_targets(rows: list[dict[str, Any]], models: list[str]) -> list[dict[st
     """The targets of the report, each with its value and whether it is met."""
     out = []
     for model in models:
-        fd = _find(rows, model=model, impl=OURS, method="FD-CAM", ppe=FD_PPE) or {}
-        ablation = _find(rows, model=model, impl="grad-cam", method="Ablation-CAM") or {}
+        fd = find_row(rows, model=model, impl=OURS, method="FD-CAM", ppe=FD_PPE) or {}
+        ablation = find_row(rows, model=model, impl="grad-cam", method="Ablation-CAM") or {}
         values = {
             "FD-CAM / floor": fd.get("ratios", {}).get("/ floor (a)+(b)"),
             "grad-cam AblationCAM / FD-CAM": ablation.get("ratios", {}).get("/ our FD-CAM"),

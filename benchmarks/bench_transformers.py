@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from _common import (
     IMAGE_SIZE,
     INPUT_SEED,
@@ -42,6 +43,7 @@ from _common import (
     add_run_arguments,
     environment,
     environment_lines,
+    find_row,
     fmt,
     measure,
     measure_calls,
@@ -179,25 +181,13 @@ def build_configs(args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
 
 
 def pearson(a: list[float], b: list[float]) -> float | None:
-    n = len(a)
-    if n != len(b) or n < 2:
+    if len(a) != len(b) or len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
         return None
-    ma, mb = sum(a) / n, sum(b) / n
-    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
-    va = sum((x - ma) ** 2 for x in a) ** 0.5
-    vb = sum((y - mb) ** 2 for y in b) ** 0.5
-    return cov / (va * vb) if va and vb else None
-
-
-def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
-    for row in rows:
-        if all(row.get(k) == v for k, v in match.items()) and "s_per_image" in row:
-            return row
-    return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def add_comparisons(rows: list[dict[str, Any]]) -> None:
-    floor = _find(rows, impl=FLOOR)
+    floor = find_row(rows, impl=FLOOR)
     for row in rows:
         if "s_per_image" not in row or row["impl"] == FLOOR:
             continue
@@ -205,11 +195,11 @@ def add_comparisons(rows: list[dict[str, Any]]) -> None:
         if floor is not None:
             ratios["/ floor"] = row["s_per_image"] / floor["s_per_image"]
         if row["impl"] == "grad-cam":
-            ours = _find(rows, impl=OURS, method=row["method"])
+            ours = find_row(rows, impl=OURS, method=row["method"])
             if ours is not None:
                 ratios["/ ours"] = row["s_per_image"] / ours["s_per_image"]
                 row["r_with_ours"] = pearson(row["map"], ours["map"])
-            fd = _find(rows, impl=OURS, method="FD-CAM")
+            fd = find_row(rows, impl=OURS, method="FD-CAM")
             if row["method"] == "Ablation-CAM" and fd is not None:
                 ratios["/ our FD-CAM"] = row["s_per_image"] / fd["s_per_image"]
 
