@@ -250,30 +250,31 @@ class _BatchNormDropout(nn.Module):
         return self.head(self.features(x))
 
 
-def test_train_mode_grad_cam_is_captums() -> None:
+def test_train_mode_grad_cam_is_captums_and_leaves_the_model_as_it_was() -> None:
     # Captum runs a train-mode model as it is: batch statistics, a random dropout mask,
-    # running statistics updated once. So does Grad-CAM here, bit for bit.
+    # running statistics updated once. Grad-CAM here gives the same map, bit for bit,
+    # and then puts the running statistics back: the model is left as it was.
     torch.manual_seed(10)
     model = _BatchNormDropout().train()
     x = torch.randn(3, 3, 8, 8)
     state = copy.deepcopy(model.state_dict())
     torch.manual_seed(11)
     theirs = CaptumLayerGradCam(model, model.features[3]).attribute(x, [0, 1, 2])
-    their_state = copy.deepcopy(model.state_dict())
+    assert model.features[1].num_batches_tracked == 1  # Captum's pass updated them
     model.load_state_dict(state)
     torch.manual_seed(11)
     ours = LayerGradCam(model, model.features[3]).attribute(x, [0, 1, 2])
     assert torch.equal(ours, theirs)
     for key, value in model.state_dict().items():
-        assert torch.equal(value, their_state[key]), key
-    assert model.training and model.features[1].num_batches_tracked == 1
+        assert torch.equal(value, state[key]), key
+    assert model.training and model.features[1].num_batches_tracked == 0
     # What train mode changes: batch statistics and dropout make another map.
     model.eval()
     assert not torch.allclose(LayerGradCam(model, model.features[3]).attribute(x, [0, 1, 2]), ours)
 
 
 @pytest.mark.parametrize("case", [c for c in EVERY if c[1] in GRADIENT], ids=_ids)
-def test_train_mode_gradient_cams_run_one_forward_pass_without_warning(
+def test_train_mode_gradient_cams_run_without_warning(
     case: tuple[str, str],
 ) -> None:
     kind, name = case
@@ -284,7 +285,7 @@ def test_train_mode_gradient_cams_run_one_forward_pass_without_warning(
         warnings.simplefilter("error")
         attr = explainer(kind, name, model, model.features[3])(x, [0, 1, 2])
     assert torch.isfinite(attr).all()
-    assert model.features[1].num_batches_tracked == 1  # one forward pass, as Captum's
+    assert model.features[1].num_batches_tracked == 0  # running statistics put back
     assert all(m.training for m in model.modules())
 
 
@@ -307,10 +308,46 @@ def test_train_mode_perturbation_cams_warn(case: tuple[str, str]) -> None:
     assert len(messages) == 1 and record[0].category is RuntimeWarning
     assert "'features.1', 'features.4', 'head.1'" in messages[0]
     assert "perturbations_per_eval" in messages[0] and "model.eval()" in messages[0]
+    # Hundreds of perturbed passes in training mode: the running statistics are restored.
+    assert model.features[1].num_batches_tracked == 0
+    assert torch.equal(model.features[4].running_var, torch.ones(8))
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         attribute(x, [0, 1])
+
+
+class _FunctionalDropout(nn.Module):
+    """Training mode without a Dropout or BatchNorm module: F.dropout in forward, and
+    (unless ``norm=False``: FG-CAM has no LRP rule for it) an InstanceNorm that tracks
+    running statistics."""
+
+    def __init__(self, norm: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(6, track_running_stats=True) if norm else nn.Identity()
+        self.layer = nn.Conv2d(6, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = torch.relu(self.layer(torch.relu(self.norm(self.conv(x)))))
+        return self.fc(nn.functional.dropout(a.mean((2, 3)), 0.3, self.training))
+
+
+@pytest.mark.parametrize("case", [c for c in EVERY if c[1] in PERTURBATION], ids=_ids)
+def test_any_train_mode_model_warns_and_keeps_its_buffers(case: tuple[str, str]) -> None:
+    kind, name = case
+    torch.manual_seed(14)
+    model = _FunctionalDropout(norm=kind == "cam").train()
+    before = copy.deepcopy(model.state_dict())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        explainer(kind, name, model, model.layer)(torch.randn(2, 3, 8, 8), [0, 1])
+    messages = [str(w.message) for w in record if "training mode" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert record[0].filename == __file__  # points at the caller's line
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
 
 
 # ------------------------------------------------------------------- TorchScript

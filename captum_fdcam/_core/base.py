@@ -9,14 +9,18 @@ request, upsampling left to :meth:`LayerAttribution.interpolate`).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
+import captum
 import torch
 import torch.nn.functional as F
 from captum._utils.common import (
@@ -31,6 +35,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 from torch.nn import Module
 
+import captum_fdcam
 from captum_fdcam._core.hooks import LayerCapture, run_eagerly, uncompiled
 from captum_fdcam._core.layout import FeatureLayout, ReshapeTransform
 from captum_fdcam._core.perturbation import PerturbationEngine, check_perturbations_per_eval
@@ -47,37 +52,87 @@ from captum_fdcam._core.validation import (
 
 #: Modules whose forward pass depends on ``training`` in a way that couples the rows of
 #: a batch (batch statistics) or makes passes random (dropout).
-_TRAIN_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+_TRAIN_MODE_DEPENDENT = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.modules.dropout._DropoutNd,
+)
+_LIBRARIES = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (captum_fdcam, captum))
 
 
-def warn_if_training(forward_func: Callable[..., Tensor], method: str) -> None:
-    """Warns when a perturbation method runs a model with BatchNorm or Dropout in train mode.
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside this library, Captum and contextlib: the
+    user's call of ``attribute``, however deep the warning is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_LIBRARIES)
+        or frame.f_code.co_filename == contextlib.__file__
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_if_training(model: Module, method: str) -> None:
+    """Warns when a perturbation method runs a model in training mode.
 
     Captum's attributions run a train-mode model as it is, without a warning, and so do the
-    gradient CAMs here (their maps equal Captum's ``LayerGradCam``'s, running statistics
-    updated once per call as by any forward pass). A perturbation method's scores would
-    come from BatchNorm's statistics over a chunk of perturbed copies (so they change with
-    ``perturbations_per_eval``) and from random dropout masks, and every perturbed pass
-    would update the running statistics: the map is not the model's explanation.
+    gradient CAMs here (their maps equal Captum's ``LayerGradCam``'s). A perturbation
+    method's scores would come from BatchNorm's statistics over a chunk of perturbed copies
+    (so they change with ``perturbations_per_eval``) and from random dropout masks (modules
+    or functional, which no module list shows): the map is not the model's explanation.
     """
-    model = owning_module(forward_func)
-    if model is None:
+    if not any(m.training for m in model.modules()):
         return
-    active = [
+    listed = [
         name
         for name, m in model.named_modules()
         if m.training and isinstance(m, _TRAIN_MODE_DEPENDENT)
     ]
-    if active:
-        warnings.warn(
-            f"captum_fdcam: {method} runs a model in training mode with BatchNorm or Dropout "
-            f"({', '.join(repr(n) for n in active[:3])}{', ...' if len(active) > 3 else ''}): "
-            "the perturbed copies' scores then depend on how they are batched "
-            "(perturbations_per_eval) and on random dropout masks, and every perturbed pass "
-            "updates BatchNorm's running statistics. Call model.eval() first.",
-            RuntimeWarning,
-            stacklevel=5,  # the caller of attribute()
-        )
+    named = f"{', '.join(repr(n) for n in listed[:3])}{', ...' if len(listed) > 3 else ''}"
+    warnings.warn(
+        f"captum_fdcam: {method} runs a model in training mode"
+        + (f" ({named})" if listed else "")
+        + ": the perturbed copies' scores then depend on how they are batched "
+        "(perturbations_per_eval, through batch statistics) and on random dropout masks. "
+        "The model's buffers (running statistics) are restored after the call. "
+        "Call model.eval() first.",
+        RuntimeWarning,
+        stacklevel=_caller_stacklevel(),
+    )
+
+
+@contextmanager
+def _buffers_restored(model: Module | None) -> Iterator[None]:
+    """Puts every buffer of a model in training mode back as it was (BatchNorm's and
+    InstanceNorm's running statistics, which each forward pass in training mode updates)."""
+    if model is None or not any(m.training for m in model.modules()):
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+@contextmanager
+def attribution_call(
+    forward_func: Callable[..., Any], method: str, perturbs: bool
+) -> Iterator[None]:
+    """What every attribution of this library runs inside.
+
+    - compiled parts of the model run eagerly (:func:`run_eagerly`: a compiled graph
+      may skip this call's hooks);
+    - a model in training mode gets its buffers back afterwards, and a perturbation
+      method warns about it (:func:`warn_if_training`).
+    """
+    model = owning_module(uncompiled(forward_func))
+    if perturbs and model is not None:
+        warn_if_training(model, method)
+    with _buffers_restored(model), run_eagerly(forward_func):
+        yield
 
 
 @dataclass(frozen=True)
@@ -256,7 +311,6 @@ class LayerCamBase(LayerAttribution):
             gradients = tuple(layout.to_map(g) for g in grads)
         engine = None
         if self.uses_perturbations:
-            warn_if_training(self.forward_func, type(self).__name__)
             if len(activations) != 1:
                 raise ValueError(
                     f"Layer {name} has {len(activations)} outputs (inputs); perturbation "
@@ -312,8 +366,7 @@ class LayerCamBase(LayerAttribution):
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
     ) -> Tensor | tuple[Tensor, ...]:
-        # Compiled models run uncompiled: a compiled graph may skip this call's hooks.
-        with run_eagerly():
+        with attribution_call(self.forward_func, type(self).__name__, self.uses_perturbations):
             state = self._layer_state(
                 inputs,
                 target,

@@ -8,8 +8,9 @@ frozen models and under ``torch.no_grad()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
 from typing import Any
 
@@ -73,6 +74,7 @@ class LayerCapture:
         self.replace = replace
         self.layout = layout or FeatureLayout(None, layer_name)
         self.calls = 0
+        self._thread = threading.get_ident()
         self._activations: tuple[Tensor, ...] | None = None
         self._handle: RemovableHandle | None = None
 
@@ -120,13 +122,18 @@ class LayerCapture:
         return type(value)(passed) if isinstance(value, list) else passed
 
     def _forward_hook(self, module: Module, args: Any, output: Any) -> Any:
+        if threading.get_ident() != self._thread:
+            return None  # another thread's forward pass through the same model
         return self._capture(output, "output")
 
     def _forward_pre_hook(self, module: Module, args: tuple[Any, ...]) -> Any:
+        if threading.get_ident() != self._thread:
+            return None
         replaced = self._capture(args, "input")
         return replaced if isinstance(replaced, tuple) else (replaced,)
 
     def __enter__(self) -> LayerCapture:
+        self._thread = threading.get_ident()
         if self.attribute_to_layer_input:
             self._handle = self.layer.register_forward_pre_hook(self._forward_pre_hook)
         else:
@@ -144,8 +151,66 @@ class LayerCapture:
             self._handle = None
 
 
-def run_eagerly() -> AbstractContextManager[Any]:
-    """Runs ``torch.compile``'d models and functions uncompiled inside the ``with`` block.
+def _nothing_compiled() -> bool:
+    """Whether Dynamo has compiled nothing in this process (then nothing can skip hooks)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover - Dynamo ships with every supported torch
+        return True
+    return not counters["frames"].get("total", 0)
+
+
+def _has_compiled_parts(forward_func: Callable[..., Any]) -> bool:
+    """Whether ``forward_func`` may run code compiled by ``torch.compile``.
+
+    Compiled functions, compiled submodules (``torch.compile(module)`` inside a model,
+    ``module.compile()``, a compiled ``forward``) are seen; what a plain function calls is
+    not, so a function that is not a module's counts as compiled once anything is.
+    """
+    if getattr(forward_func, "_torchdynamo_orig_callable", None) is not None:
+        return True
+    model = uncompiled(forward_func)
+    owner = getattr(model, "__self__", None)
+    model = model if isinstance(model, Module) else owner
+    if not isinstance(model, Module):
+        return True
+    for module in model.modules():
+        if getattr(module, "_orig_mod", None) is not None:  # an OptimizedModule inside
+            return True
+        if getattr(module, "_compiled_call_impl", None) is not None:  # module.compile()
+            return True
+        if getattr(type(module).forward, "_torchdynamo_orig_callable", None) is not None:
+            return True
+    return False
+
+
+_EAGER_LOCK = threading.Lock()
+_eager_calls = 0
+_eager_stance: Any = None
+
+
+@contextmanager
+def _process_eager() -> Iterator[None]:
+    """``torch.compiler.set_stance("force_eager")`` while any call of this library needs
+    it: the stance is process-wide, so concurrent calls share one setting, restored by
+    the last to leave (each restoring its own would switch it back under another)."""
+    global _eager_calls, _eager_stance
+    with _EAGER_LOCK:
+        if _eager_calls == 0:
+            _eager_stance = torch.compiler.set_stance("force_eager")
+        _eager_calls += 1
+    try:
+        yield
+    finally:
+        with _EAGER_LOCK:
+            _eager_calls -= 1
+            if _eager_calls == 0:
+                _eager_stance.__exit__(None, None, None)
+                _eager_stance = None
+
+
+def run_eagerly(forward_func: Callable[..., Any]) -> AbstractContextManager[Any]:
+    """Runs ``torch.compile``'d parts of ``forward_func`` uncompiled inside the ``with`` block.
 
     Dynamo does not guard on the hooks of submodules
     (``torch._dynamo.config.skip_nnmodule_hook_guards``): a graph compiled during one
@@ -154,11 +219,17 @@ def run_eagerly() -> AbstractContextManager[Any]:
     followed by Ablation-CAM failed with "layer was not called" (the reference pass reused
     Score-CAM's graph, built with gradients off, as Ablation-CAM's is). Eager execution runs
     every hook; the maps are those of the uncompiled model, as CAMs of it should be.
+
+    Dynamo's stance is process-wide: it is set only where something compiled may run
+    (never for a plain model; a compiled model itself is called through its original
+    module, see :func:`uncompiled`), and other threads' compiled code runs eagerly while
+    it is.
     """
-    set_stance = getattr(torch.compiler, "set_stance", None)  # PyTorch >= 2.6
-    if set_stance is None or torch.compiler.is_compiling():
+    if getattr(torch.compiler, "set_stance", None) is None or torch.compiler.is_compiling():
+        return nullcontext()  # PyTorch < 2.6, or already inside a compiled region
+    if _nothing_compiled() or not _has_compiled_parts(forward_func):
         return nullcontext()
-    return set_stance("force_eager")
+    return _process_eager()
 
 
 def uncompiled(forward_func: Callable[..., Any]) -> Callable[..., Any]:

@@ -24,6 +24,7 @@ caller falls back to full forward passes.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -81,12 +82,27 @@ def _replayable(value: Any) -> bool:
 
 
 class _GlobalHooks:
-    """Registers global forward pre-/post-hooks for the duration of a ``with`` block."""
+    """Registers global forward pre-/post-hooks for the duration of a ``with`` block.
+
+    Global hooks see every module call in the process: they act only on the calls of
+    the thread that entered the block (the attribution's own forward pass), so that other
+    threads' forward passes, on this model or any other, run as if they were not there.
+    """
 
     def __enter__(self) -> _GlobalHooks:
+        thread = threading.get_ident()
+
+        def pre(module: Module, args: tuple[Any, ...]) -> Any:
+            return self._pre(module, args) if threading.get_ident() == thread else None
+
+        def post(module: Module, args: tuple[Any, ...], output: Any) -> Any:
+            if threading.get_ident() != thread:
+                return None
+            return self._post(module, args, output)
+
         self._handles: list[RemovableHandle] = [
-            register_module_forward_pre_hook(self._pre),
-            register_module_forward_hook(self._post),
+            register_module_forward_pre_hook(pre),
+            register_module_forward_hook(post),
         ]
         return self
 

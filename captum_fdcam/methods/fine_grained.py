@@ -36,8 +36,7 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_fdcam._core.base import LayerCamBase
-from captum_fdcam._core.hooks import run_eagerly
+from captum_fdcam._core.base import LayerCamBase, attribution_call
 from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.validation import (
     TORCHSCRIPT_HINT,
@@ -168,9 +167,10 @@ class _FineGrained:
         return components, state.layout
 
     def relevance(self, *args: Any, **kwargs: Any) -> tuple[Tensor, ...]:
-        """:meth:`_relevance`, with compiled models run uncompiled: a compiled graph may
-        skip this call's hooks."""
-        with run_eagerly():
+        """:meth:`_relevance` inside :func:`attribution_call` (compiled parts run
+        eagerly, a train-mode model's buffers restored)."""
+        base = self.base_cam
+        with attribution_call(base.forward_func, type(base).__name__, base.uses_perturbations):
             return self._relevance(*args, **kwargs)
 
     def _relevance(

@@ -19,9 +19,9 @@ from captum_fdcam._core.base import (
     GradientPerturbationLayerCam,
     LayerState,
     PerturbationLayerCam,
+    attribution_call,
     safe_divide,
 )
-from captum_fdcam._core.hooks import run_eagerly
 from captum_fdcam._core.layout import ReshapeTransform
 from captum_fdcam._core.perturbation import check_score_type
 
@@ -208,7 +208,7 @@ class LayerFDCam(GradientPerturbationLayerCam):
         Returns:
             (N, K) scores, for analysis and for the paper's ablations.
         """
-        with run_eagerly():  # as in attribute(): compiled graphs may skip the hooks
+        with attribution_call(self.forward_func, type(self).__name__, perturbs=True):
             state = self._layer_state(
                 inputs,
                 target,

@@ -20,12 +20,14 @@ propagates relevance correctly by ordinary differentiation:
 Relevance reaching the model's own input through a rule is kept exactly
 (z^B gives relevance to inputs whose value is 0, which c = R / x would lose).
 
-No weight is changed: rules compute with rewritten copies of the weights, and
-Captum's rules, which rewrite them in place, are undone after each use.
+No weight is changed, not even for an instant (another thread may run the same
+model): rules compute with rewritten copies of the weights, on shallow copies of
+the module.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,17 @@ from torch.utils.hooks import RemovableHandle
 from captum_fdcam._core.validation import layer_name
 from captum_fdcam.propagation.assignment import PASSTHROUGH, RuleAssignment, unsupported_reason
 from captum_fdcam.propagation.rules import relevance_ratio, rule_ratio, rule_relevance
+
+
+def _this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook`` for the forward passes of the thread that registers it; other threads
+    running the same model (plain inference beside an attribution) pass untouched."""
+    thread = threading.get_ident()
+
+    def guarded(*args: Any) -> Any:
+        return hook(*args) if threading.get_ident() == thread else None
+
+    return guarded
 
 
 class _StopForward(Exception):
@@ -113,23 +126,28 @@ class _Session:
 
     def install(self) -> None:
         self.input_relevance = [torch.zeros_like(x) for x in self.leaves]
+        own = _this_thread_only
         for module in self.model.modules():
-            self.handles.append(module.register_forward_pre_hook(self._pre))
-            self.handles.append(module.register_forward_hook(self._post))
+            self.handles.append(module.register_forward_pre_hook(own(self._pre)))
+            self.handles.append(module.register_forward_hook(own(self._post)))
         # Captures run before the rules' pre-hooks (to see the original inputs)
         # and after the rules' hooks (to see the routed outputs).
         if self.target is not None:
             if self.target_input:
                 self.handles.append(
-                    self.target.register_forward_pre_hook(self._capture_target_input, prepend=True)
+                    self.target.register_forward_pre_hook(
+                        own(self._capture_target_input), prepend=True
+                    )
                 )
             else:
-                self.handles.append(self.target.register_forward_hook(self._capture_target_output))
+                self.handles.append(
+                    self.target.register_forward_hook(own(self._capture_target_output))
+                )
         if self.start is not None:
             self.handles.append(
-                self.start.register_forward_pre_hook(self._enter_start, prepend=True)
+                self.start.register_forward_pre_hook(own(self._enter_start), prepend=True)
             )
-            self.handles.append(self.start.register_forward_hook(self._capture_start))
+            self.handles.append(self.start.register_forward_hook(own(self._capture_start)))
 
     def remove(self) -> None:
         for handle in self.handles:

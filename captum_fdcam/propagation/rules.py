@@ -14,8 +14,8 @@ define them:
 
 Captum's own rules (``EpsilonRule``, ``GammaRule``, ``Alpha1_Beta0_Rule``,
 ``IdentityRule``) work too: :func:`rule_relevance` applies them as Captum's
-``LRP`` does, rewriting the module's weights with the rule's
-``_manipulate_weights`` for the time of one call and restoring them afterwards.
+``LRP`` does, with the weights the rule's ``_manipulate_weights`` writes, on a
+copy of the module: the model's own weights never change.
 
 Both rules here also work inside Captum's own ``LRP`` (and ``LayerLRP``), set as
 ``module.rule``: :class:`EngineRule` replaces the hooks Captum registers, so that
@@ -25,9 +25,9 @@ Captum's weight rewriting, which cannot express them, is never used; see
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -258,12 +258,19 @@ def functional_call(module: Module, parameters: dict[str, Tensor], args: tuple[T
     extra evaluations must not reach the module's hooks (the user's, or a
     capture's, which would see calls that are not part of the model's pass).
     """
-    saved = {name: module._parameters[name] for name in parameters}
-    try:
-        module._parameters.update(parameters)
-        return module.forward(*args)
-    finally:
-        module._parameters.update(saved)
+    return _detached_copy(module, parameters).forward(*args)
+
+
+def _detached_copy(module: Module, parameters: dict[str, Any]) -> Module:
+    """A shallow copy of ``module`` whose parameters are ``parameters`` where given.
+
+    The module itself is never touched, not even for the time of one call: another
+    thread may be running the same model (plain inference beside an attribution) and
+    must see its own weights. Submodules are shared, as the forward pass shares them.
+    """
+    clone = copy.copy(module)
+    clone._parameters = {**module._parameters, **parameters}
+    return clone
 
 
 def _part_gradients(z: Tensor, parts: tuple[Tensor, ...], relevance: Tensor) -> tuple[Tensor, ...]:
@@ -403,17 +410,6 @@ class ZBoxRule(EngineRule):
         return (_summed_relevance(parts, _part_gradients(z, parts, relevance)),)
 
 
-@contextmanager
-def restored_parameters(module: Module) -> Iterator[None]:
-    """Puts back every parameter's data, however a Captum rule rewrote it."""
-    saved = [(p, p.data) for p in module.parameters()]
-    try:
-        yield
-    finally:
-        for parameter, data in saved:
-            parameter.data = data
-
-
 def rule_relevance(
     rule: PropagationRule,
     module: Module,
@@ -427,7 +423,7 @@ def rule_relevance(
     ``IdentityRule`` passes it unchanged (inputs and output of equal shape).
     Captum's other rules are applied as Captum's ``LRP`` applies them:
     ``R_in = x * J^T (R / (z + eps * sign(z)))`` with ``z`` the module's output
-    after the rule's ``_manipulate_weights``; the weights are restored afterwards.
+    after the rule's ``_manipulate_weights`` (applied to a copy of the module).
     """
     if isinstance(rule, EngineRule):
         return rule.relevance(module, inputs, output, relevance)
@@ -467,11 +463,19 @@ def _captum_rule_gradients(
     output: Tensor,
     relevance: Tensor,
 ) -> tuple[Tensor, ...]:
-    """``J^T (R / (z + eps * sign(z)))`` with the rule's weights, which are then restored."""
+    """``J^T (R / (z + eps * sign(z)))`` with the rule's weights (on a copy of the module)."""
     leaves = [x.detach().requires_grad_() for x in inputs]
-    with restored_parameters(module), torch.enable_grad():
-        rule._manipulate_weights(module, tuple(leaves), output)
-        z = module.forward(*leaves)
+    # Captum's rules rewrite ``.data`` in place: they get a copy with parameters of its
+    # own, so that the model's weights never change, for this thread or any other.
+    own = {
+        name: torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for name, p in module._parameters.items()
+        if p is not None
+    }
+    clone = _detached_copy(module, own)
+    with torch.enable_grad():
+        rule._manipulate_weights(clone, tuple(leaves), output)
+        z = clone.forward(*leaves)
         sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
         denominator = z.detach() + sign * rule.STABILITY_FACTOR
         return torch.autograd.grad(z, leaves, relevance / denominator)
