@@ -2,8 +2,8 @@
 
 ::
 
-    python -m captum_fdcam.benchmark --data ../shared/data/imagenet-sample \\
-        --out benchmarks/results/paper_tables --limit 20
+    python -m captum_fdcam.benchmark --data ../shared/data/imagenet-sample --limit 20 \\
+        --out paper-tables
     torchrun --nproc_per_node 4 -m captum_fdcam.benchmark --data ... --out ...
 
 Tables (``--tables``, default all):
@@ -20,45 +20,39 @@ Tables (``--tables``, default all):
 * ``fgcam-input``: the same metrics at the input against LRP, CLRP and SGLRP
   (FG-CAM Tables 4 and 5).
 
-Every score of every image is appended to ``scores-rank<r>.jsonl`` as soon as it is
-known, so an interrupted run resumes where it stopped. Under ``torchrun`` each rank
-takes every ``world_size``-th image (gloo backend, CPU or GPU) and rank 0 merges the
-files and writes ``tables.json``, ``tables.md`` and the curve plots. Means come with
-bootstrap 95% confidence intervals over images.
+Output (``--out``, default ``./captum-fdcam-benchmark``): every score of every image is
+appended to ``scores-rank<r>.jsonl`` as soon as it is known, with a key holding what
+the score depends on (table, method and its options, layer, image file, content hash
+and class, image size, model weights, labels file). A run resumes what is in
+``--out``: a record is computed only if no record has its key, a record written twice
+(any mix of runs and ``torchrun`` ranks) counts once, a line cut mid-way by a killed run
+is dropped with a warning and computed again. ``run.json`` says which labels file,
+image size and weights the folder's scores belong to; a run with other ones is refused.
+Under ``torchrun`` each rank takes every ``world_size``-th image (gloo backend, CPU or
+GPU) and rank 0 merges the files and writes ``tables.json``, ``tables.md`` and the curve
+plots. Means come with bootstrap 95% confidence intervals over images.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import numpy as np
-import quantus
-import torch
-from captum.attr import LayerAttribution
-from PIL import Image
-from torch import nn
+if TYPE_CHECKING:  # imported where used: `captum-fdcam --help` imports this module
+    import numpy as np
+    import torch
+    from torch import nn
 
-from captum_fdcam import METHODS, LayerFGCam
-from captum_fdcam.evaluation import (
-    AverageDrop,
-    AverageIncrease,
-    Deletion,
-    GridPointingGame,
-    Insertion,
-    curve_auc,
-    explain,
-    find_layer,
-    grid_mosaics,
-)
-
+PROG = "python -m captum_fdcam.benchmark"
 TABLES = ("fdcam-table1", "fdcam-ablation", "gridpg", "fgcam-layers", "fgcam-input")
 CAMS = (
     "Grad-CAM",
@@ -81,6 +75,39 @@ FD_ABLATIONS = {
 #: at 224x224), standing in for VGG16-BN's Layer13/23/33 of the paper.
 DEPTHS = {"depth-56": "_blocks.2", "depth-28": "_blocks.4", "depth-14": "_blocks.10"}
 BASE_LAYER = "head_activation"
+MODEL = "efficientnet-lite0"
+NUM_CLASSES = 1000
+#: EfficientNet-Lite0 downsamples 32 times: below 32 px its 5x5 depthwise kernels
+#: meet 4x4 maps, which PyTorch refuses.
+MIN_IMAGE_SIZE = 32
+#: A GridPG mosaic holds 2x2 images of distinct classes.
+GRID_CLASSES = 4
+#: In the current directory, not the repository's committed results.
+DEFAULT_OUT = Path("captum-fdcam-benchmark")
+MANIFEST = "run.json"
+FORMAT = 1
+_LEGACY_HEADER = re.compile(
+    r"^# Paper tables on (?P<data>.+) \(EfficientNet-Lite0, (?P<size>\d+)x(?P=size)[;)]"
+)
+_MOSAIC_ITEM = re.compile(r"mosaic\d+-cell\d+")
+_FINGERPRINT_FIELDS = {
+    "labels": "labels file",
+    "image_size": "image size",
+    "model": "model",
+    "weights": "weights",
+}
+
+
+class LabelsError(ValueError):
+    """A labels file whose rows are not (file, class index) pairs of this model."""
+
+
+def _usage_error(message: str) -> Exception:
+    """The command line's own error type, so that ``captum-fdcam benchmark`` and
+    ``python -m captum_fdcam.benchmark`` both print one line and exit with code 2."""
+    from captum_fdcam.cli import CliError
+
+    return CliError(message)
 
 
 @dataclass(frozen=True)
@@ -136,14 +163,42 @@ def _uses_allowed_cams(job: Job, cams: tuple[str, ...]) -> bool:
 # ------------------------------------------------------------------------- data
 
 
-def read_labels(folder: Path, labels: Path | None = None) -> list[tuple[Path, int]]:
+def read_labels(
+    folder: Path, labels: Path | None = None, num_classes: int | None = None
+) -> list[tuple[Path, int]]:
     """(image path, class index) pairs from ``labels.csv`` (columns ``file`` and
-    ``class_index``; any other columns are ignored), sorted by file name."""
+    ``class_index``; any other columns are ignored), sorted by file name.
+
+    Raises:
+        FileNotFoundError: there is no labels file, or images it lists are missing.
+        LabelsError: a column is missing, or a class index is not an integer from 0
+            to ``num_classes - 1`` (any integer from 0 when ``num_classes`` is None).
+    """
     labels = labels or folder / "labels.csv"
     if not labels.is_file():
         raise FileNotFoundError(f"No labels file {labels}: a CSV with columns file,class_index.")
+    rows = []
     with labels.open(newline="") as handle:
-        rows = [(folder / r["file"], int(r["class_index"])) for r in csv.DictReader(handle)]
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        absent = [c for c in ("file", "class_index") if c not in columns]
+        if absent:
+            raise LabelsError(
+                f"{labels} has no column {' or '.join(absent)} (its columns: "
+                f"{', '.join(columns) or 'none'}); the labels file needs file,class_index"
+            )
+        for row in reader:
+            where = f"{labels} line {reader.line_num}"
+            name, text = row["file"] or "", (row["class_index"] or "").strip()
+            if not name:
+                raise LabelsError(f"{where}: no file name")
+            if not re.fullmatch(r"[+-]?\d+", text):
+                raise LabelsError(f"{where}: class_index {text!r} is not an integer")
+            label = int(text)
+            top = "" if num_classes is None else f"-{num_classes - 1}"
+            if label < 0 or (num_classes is not None and label >= num_classes):
+                raise LabelsError(f"{where}: class_index {label} is out of range (0{top})")
+            rows.append((folder / name, label))
     missing = [str(p) for p, _ in rows if not p.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -153,16 +208,62 @@ def read_labels(folder: Path, labels: Path | None = None) -> list[tuple[Path, in
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
+    from PIL import Image
+
     from captum_fdcam.models import preprocess
 
     with Image.open(path) as image:
         return preprocess(image, size=size)
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image, as the records' keys name it."""
+
+    path: Path
+    name: str  # the path relative to --data
+    label: int
+    sha256: str
+
+
+def _sha256(path: Path, length: int = 16) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:  # an absolute path in the labels file
+        return str(path)
+
+
+def _has_images(folder: Path) -> bool:
+    from captum_fdcam.cli import IMAGE_SUFFIXES
+
+    return any(
+        p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        for p in folder.iterdir()
+    )
+
+
 # ------------------------------------------------------------------- evaluation
 
 
 def _metric(name: str, table: str, size: int = 224) -> Any:
+    import quantus
+
+    from captum_fdcam.evaluation import (
+        AverageDrop,
+        AverageIncrease,
+        Deletion,
+        GridPointingGame,
+        Insertion,
+    )
+
     common = {"disable_warnings": True}
     # FG-CAM's input-layer tables keep only positive pixels when fewer than half are.
     keep_half = {"positive_only": table == "fgcam-input", **common}
@@ -188,6 +289,12 @@ def _metric(name: str, table: str, size: int = 224) -> Any:
 
 def attribution(model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The job's (1, 1, H, W) map of image ``x`` for class ``y``."""
+    import torch
+    from captum.attr import LayerAttribution
+
+    from captum_fdcam import METHODS, LayerFGCam
+    from captum_fdcam.evaluation import explain, find_layer
+
     if job.fg_target is not None:
         base = METHODS[job.method](model, find_layer(model, job.layer))
         fg = LayerFGCam(base, find_layer(model, job.fg_target), **job.method_kwargs)
@@ -199,6 +306,10 @@ def attribution(model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray) -> np.
 def score_job(
     model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray, s: np.ndarray | None
 ) -> dict[str, Any]:
+    import numpy as np
+
+    from captum_fdcam.evaluation import curve_auc
+
     a = attribution(model, job, x, y)
     if not np.isfinite(a).all():
         raise FloatingPointError(f"{job.name} gave a non-finite map.")
@@ -223,6 +334,8 @@ def score_job(
 
 def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean."""
+    import numpy as np
+
     if len(values) < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
@@ -232,6 +345,8 @@ def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0) -> tupl
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per table, method and metric: mean, 95% CI and count; the overall AUC too."""
+    import numpy as np
+
     grouped: dict[tuple[str, str], dict[str, list[float]]] = {}
     curves: dict[tuple[str, str, str], list[list[float]]] = {}
     for r in records:
@@ -302,10 +417,293 @@ def plot_curves(tables: dict[str, Any], out: Path) -> list[Path]:
     return written
 
 
+# ---------------------------------------------------------------------- records
+
+
+def _identity(key: Any) -> str:
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    """The record on a line, or None for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("scores"), dict):
+        return None
+    if not all(isinstance(record.get(k), str) for k in ("table", "method", "item")):
+        return None
+    if "key" in record and not isinstance(record["key"], dict):
+        return None
+    return record
+
+
+def _shard_rank(path: Path) -> int:
+    match = re.fullmatch(r"scores-rank(\d+)", path.stem)
+    return int(match.group(1)) if match else 0
+
+
+def _shards(out: Path) -> list[Path]:
+    return sorted(out.glob("scores-rank*.jsonl"), key=lambda p: (_shard_rank(p), p.name))
+
+
+@dataclass
+class Scores:
+    """The records of an output folder, each measurement once.
+
+    Records are read file by file (``scores-rank0.jsonl``, ``scores-rank1.jsonl``, ...),
+    line by line; of records with the same key the first one read is kept. Records
+    written before keys existed ("legacy": ``table``, ``method`` and ``item`` only) are
+    matched by those three fields, as that version did.
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+    legacy: set[tuple[str, str, str]] = field(default_factory=set)
+    duplicates: int = 0
+    #: "file line n" of each line that is not a whole record
+    dropped: list[str] = field(default_factory=list)
+
+
+def read_scores(out: Path) -> Scores:
+    """Every record of ``out/scores-rank*.jsonl``, deduplicated by key."""
+    scores = Scores()
+    kept: set[tuple[str, str, str]] = set()
+    for shard in _shards(out):
+        for number, line in enumerate(shard.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            record = _parse(line)
+            if record is None:
+                scores.dropped.append(f"{shard} line {number}")
+                continue
+            triple = (record["table"], record["method"], record["item"])
+            if "key" in record:
+                identity = _identity(record["key"])
+                if identity in scores.keys or triple in scores.legacy:
+                    scores.duplicates += 1
+                    continue
+                scores.keys.add(identity)
+            else:
+                if triple in kept:
+                    scores.duplicates += 1
+                    continue
+                scores.legacy.add(triple)
+            kept.add(triple)
+            scores.records.append(record)
+    return scores
+
+
+def _repair(path: Path) -> str | None:
+    """Cuts the last line of a scores file if a killed run left it unfinished, so that
+    the next record starts a line of its own; returns the warning to print."""
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    start = data.rfind(b"\n") + 1
+    if _parse(data[start:].decode(errors="replace")) is not None:
+        with path.open("ab") as handle:  # a whole record, only its newline is missing
+            handle.write(b"\n")
+        return None
+    with path.open("r+b") as handle:
+        handle.truncate(start)
+    line = data.count(b"\n") + 1
+    return (
+        f"warning: {path} line {line} was cut mid-way (a killed run?): "
+        "dropped from the file, its score is computed again"
+    )
+
+
+def _write_json(path: Path, value: Any) -> None:
+    # Through a temporary file: under torchrun other ranks may read it meanwhile.
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(partial, path)
+
+
+# ------------------------------------------------------------------ the checks
+
+
+@dataclass
+class Plan:
+    """What a run computes and where, all checked before the model is loaded."""
+
+    samples: list[Sample]
+    fingerprint: dict[str, Any]
+    manifest: dict[str, Any] | None  # to write into --out; None: the one there is kept
+    jobs: list[Job]
+
+
+def _refuse(out: Path, stored: dict[str, Any], data: str | None, plan: Plan, name: str) -> None:
+    def size(fingerprint: dict[str, Any]) -> str:
+        return f"{fingerprint.get('image_size')}x{fingerprint.get('image_size')} px"
+
+    current = plan.fingerprint
+    differ = [
+        label
+        if key == "image_size"
+        else f"{label} {str(stored.get(key))[:8]} vs {current[key][:8]}"
+        for key, label in _FINGERPRINT_FIELDS.items()
+        if stored.get(key) != current[key]
+    ]
+    raise _usage_error(
+        f"{out} holds scores of {data or 'other data'} at {size(stored)}, this run is on "
+        f"{name} at {size(current)} ({'; '.join(differ) or 'settings'} differ): pass another --out"
+    )
+
+
+def _weights_digest() -> str:
+    from captum_fdcam.models import _weights_path
+
+    return _sha256(Path(_weights_path()))
+
+
+def _legacy_origin(out: Path) -> tuple[str, int] | None:
+    """(data folder name, image size) from the header of a legacy folder's tables.md."""
+    tables = out / "tables.md"
+    if not tables.is_file():
+        return None
+    match = _LEGACY_HEADER.match(tables.read_text(errors="replace").partition("\n")[0])
+    return (match["data"], int(match["size"])) if match else None
+
+
+def _check_out(args: argparse.Namespace, plan: Plan, all_names: set[str]) -> None:
+    """Refuses an --out whose scores belong to other data, another image size or other
+    weights; sets ``plan.manifest`` to what the folder's ``run.json`` is to hold."""
+    out: Path = args.out
+    name = args.data.name
+    if out.exists() and not out.is_dir():
+        raise _usage_error(f"--out {out} is a file, not a folder")
+    manifest_path = out / MANIFEST
+    stored: dict[str, Any] | None = None
+    if manifest_path.exists():
+        try:
+            stored = json.loads(manifest_path.read_text())
+        except ValueError:
+            stored = None
+        if not isinstance(stored, dict) or not isinstance(stored.get("fingerprint"), dict):
+            raise _usage_error(
+                f"{manifest_path} is not a run.json of this command: pass another --out"
+            )
+        stored_fingerprint = stored["fingerprint"]
+        if stored_fingerprint != plan.fingerprint:
+            _refuse(out, stored_fingerprint, stored.get("data"), plan, name)
+    scores = read_scores(out) if out.is_dir() else Scores()
+    hashes = {s.name: s.sha256 for s in plan.samples}
+    for record in scores.records:
+        key = record.get("key")
+        if key is None:
+            continue
+        if key.get("run") != plan.fingerprint:  # run.json deleted or replaced by hand
+            _refuse(out, key.get("run") or {}, None, plan, name)
+        item = key.get("item", {})
+        for image, digest in zip(item.get("images", []), item.get("sha256", []), strict=False):
+            if hashes.get(image, digest) != digest:
+                raise _usage_error(
+                    f"{args.data / image} is not the image of that name the scores in {out} "
+                    "were computed on (another folder, or the file changed): pass another --out"
+                )
+    if stored is not None:
+        plan.manifest = None
+        return
+    plan.manifest = {"format": FORMAT, "data": name, "fingerprint": plan.fingerprint}
+    legacy = [r for r in scores.records if "key" not in r]
+    if legacy:
+        _adopt(out, args, plan, legacy, all_names)
+
+
+def _adopt(
+    out: Path,
+    args: argparse.Namespace,
+    plan: Plan,
+    legacy: list[dict[str, Any]],
+    all_names: set[str],
+) -> None:
+    """Takes the records of a version without keys as this run's, if the folder's
+    tables.md names this data and image size and every image they name is in it."""
+    origin = _legacy_origin(out)
+    if origin is None:
+        raise _usage_error(
+            f"{out} holds {len(legacy)} scores of an older version (no run.json) and no "
+            "tables.md says what data and image size they were computed on: pass another --out"
+        )
+    data, size = origin
+    unknown = sorted(
+        {r["item"] for r in legacy if not _MOSAIC_ITEM.fullmatch(r["item"])} - all_names
+    )
+    if data != args.data.name or size != args.image_size or unknown:
+        extra = f"; images not in {args.data}: {unknown[:3]}" if unknown else ""
+        raise _usage_error(
+            f"{out} holds scores of an older version (no run.json) computed on {data} at "
+            f"{size}x{size} px, this run is on {args.data.name} at {args.image_size}x"
+            f"{args.image_size} px{extra}: pass another --out"
+        )
+    assert plan.manifest is not None
+    plan.manifest["legacy_records"] = len(legacy)
+    print(
+        f"{out}: {len(legacy)} records of an older version (no run.json) taken as computed on "
+        f"{args.data.name} at {size}x{size} px, the data and size its tables.md names"
+    )
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Checks the arguments, the data and --out, without writing anything or loading
+    the model. Raises the command line's error (one line, exit code 2)."""
+    if args.limit is not None and args.limit < 1:
+        raise _usage_error(f"--limit must be at least 1 (got {args.limit})")
+    if args.image_size < MIN_IMAGE_SIZE:
+        raise _usage_error(
+            f"--image-size must be at least {MIN_IMAGE_SIZE} for EfficientNet-Lite0, which "
+            f"downsamples {MIN_IMAGE_SIZE} times (got {args.image_size})"
+        )
+    jobs = jobs_for(tuple(args.tables), tuple(args.cams))
+    with_grid = any("gridpg" in j.metrics for j in jobs)
+    if with_grid and args.mosaics < 1:
+        raise _usage_error(f"--mosaics must be at least 1 (got {args.mosaics})")
+    data: Path = args.data
+    if not data.is_dir():
+        raise _usage_error(f"no such folder: {data}")
+    if args.labels is None and not (data / "labels.csv").is_file() and not _has_images(data):
+        raise _usage_error(f"no images in {data} (hidden files and sub-folders are skipped)")
+    try:
+        rows = read_labels(data, args.labels, num_classes=NUM_CLASSES)
+    except (FileNotFoundError, LabelsError) as err:
+        raise _usage_error(str(err)) from err
+    labels = args.labels or data / "labels.csv"
+    if not rows:
+        raise _usage_error(f"{labels} lists no images")
+    chosen = rows[: args.limit]
+    classes = {label for _, label in chosen}
+    if with_grid and len(classes) < GRID_CLASSES:
+        raise _usage_error(
+            f"gridpg needs images of at least {GRID_CLASSES} classes (2x2 mosaics of distinct "
+            f"classes); the {len(chosen)} images have {len(classes)}: add images or raise "
+            "--limit, or leave gridpg out of --tables"
+        )
+    from captum_fdcam.cli import check_images
+
+    check_images([p for p, _ in chosen])
+    names = [(_relative(p, data), label) for p, label in rows]
+    fingerprint = {
+        "labels": hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16],
+        "image_size": args.image_size,
+        "model": MODEL,
+        "weights": _weights_digest(),
+    }
+    samples = [Sample(p, _relative(p, data), label, _sha256(p)) for p, label in chosen]
+    plan = Plan(samples, fingerprint, None, jobs)
+    all_names = {n for n, _ in names} | {p.name for p, _ in rows}
+    _check_out(args, plan, all_names)
+    return plan
+
+
 # ------------------------------------------------------------------------- run
 
 
 def _distributed() -> tuple[int, int]:
+    import torch
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
@@ -313,116 +711,250 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
-def _done(path: Path) -> set[tuple[str, str, str]]:
-    if not path.exists():
-        return set()
-    done = set()
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            done.add((r["table"], r["method"], r["item"]))
-    return done
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch
+
+        torch.distributed.barrier()
 
 
-def _progress(total: int, rank: int, enabled: bool) -> Any:
+def _progress(total: int, rank: int, world: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"rank {rank}", disable=not enabled, position=rank)
+    what = "(image, method) records"
+    desc = what if world == 1 else f"rank {rank}: {what}"
+    return tqdm(total=total, desc=desc, unit="record", disable=not enabled, position=rank)
 
 
-def _items(
-    model: nn.Module, data: list[tuple[Path, int]], size: int, with_grid: bool, n_mosaics: int
-) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, bool]]:
-    """(item id, x, y, s, is_grid) for every image, then every mosaic cell."""
-    images = torch.cat([load_image(p, size) for p, _ in data])  # decoded once, used twice
-    for (path, label), image in zip(data, images, strict=True):
-        yield path.name, image[None].numpy(), np.array([label]), None, False
-    if with_grid:
-        labels = torch.tensor([label for _, label in data])
+@dataclass
+class Item:
+    """An image, or one cell of a GridPG mosaic, ready for the model."""
+
+    id: str  # the records' "item": the file name, or mosaic<i>-cell<j>
+    key: dict[str, Any]
+    x: np.ndarray
+    y: np.ndarray
+    s: np.ndarray | None
+    grid: bool
+
+
+def _items(model: nn.Module, samples: list[Sample], size: int, n_mosaics: int | None) -> list[Item]:
+    """Every image, then (``n_mosaics`` not None) every mosaic cell."""
+    import numpy as np
+    import torch
+
+    from captum_fdcam.evaluation import grid_mosaics
+
+    images = torch.cat([load_image(s.path, size) for s in samples])  # decoded once, used twice
+    items = [
+        Item(
+            s.name,
+            {"images": [s.name], "sha256": [s.sha256], "labels": [s.label], "cell": None},
+            image[None].numpy(),
+            np.array([s.label]),
+            None,
+            False,
+        )
+        for s, image in zip(samples, images, strict=True)
+    ]
+    if n_mosaics is None:
+        return items
+    labels = torch.tensor([s.label for s in samples])
+    try:
         mosaics = grid_mosaics(model, images, labels, n_mosaics=n_mosaics)
-        for i in range(len(mosaics.y_batch)):
-            yield (
+    except ValueError as err:  # too few confidently classified classes
+        raise _usage_error(
+            f"gridpg: {err} ({len(samples)} images): add images or raise --limit, or leave "
+            "gridpg out of --tables"
+        ) from err
+    for i in range(len(mosaics.y_batch)):
+        quad = [samples[j] for j in mosaics.sources[i // 4]]
+        key = {
+            "images": [s.name for s in quad],
+            "sha256": [s.sha256 for s in quad],
+            "labels": [s.label for s in quad],
+            "cell": i % 4,
+        }
+        items.append(
+            Item(
                 f"mosaic{i // 4}-cell{i % 4}",
+                key,
                 mosaics.x_batch[i : i + 1],
                 mosaics.y_batch[i : i + 1],
                 mosaics.s_batch[i : i + 1],
                 True,
             )
+        )
+    return items
+
+
+def record_key(job: Job, item: Item, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Everything one score depends on."""
+    return {
+        "run": fingerprint,
+        "table": job.table,
+        "name": job.name,
+        "method": job.method,
+        "options": job.method_kwargs,
+        "layer": job.layer,
+        "fg_target": job.fg_target,
+        "metrics": list(job.metrics),
+        "item": item.key,
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Computes what --out lacks and, on rank 0, writes and prints the tables."""
+    plan = prepare(args)
     rank, world = _distributed()
-    torch.manual_seed(0)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
     from captum_fdcam.models import efficientnet_lite0
 
+    torch.manual_seed(0)
     model = efficientnet_lite0(pretrained=True)
-    data = read_labels(args.data, args.labels)[: args.limit]
-    jobs = jobs_for(tuple(args.tables), tuple(args.cams))
-    grid_jobs = [j for j in jobs if "gridpg" in j.metrics]
-    image_jobs = [j for j in jobs if "gridpg" not in j.metrics]
-    items = list(_items(model, data, args.image_size, bool(grid_jobs), args.mosaics))
-    mine = items[rank::world]
+    grid_jobs = [j for j in plan.jobs if "gridpg" in j.metrics]
+    image_jobs = [j for j in plan.jobs if "gridpg" not in j.metrics]
+    n_mosaics = args.mosaics if grid_jobs else None
+    items = _items(model, plan.samples, args.image_size, n_mosaics)
+    out: Path = args.out
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if plan.manifest is not None:
+            _write_json(out / MANIFEST, plan.manifest)
+    _barrier(world)
+    for shard in _shards(out):
+        if _shard_rank(shard) % world == rank:
+            warning = _repair(shard)
+            if warning:
+                print(warning, file=sys.stderr)
+    _barrier(world)
+    scores = read_scores(out)
+    if rank == 0:
+        for where in scores.dropped:
+            print(f"warning: {where} is not a whole record: left out", file=sys.stderr)
+        if scores.duplicates:
+            print(f"{scores.duplicates} records are in the scores files twice: counted once")
+    todo = []
+    for item in items[rank::world]:
+        for job in grid_jobs if item.grid else image_jobs:
+            key = record_key(job, item, plan.fingerprint)
+            if _identity(key) not in scores.keys and (job.table, job.name, item.id) not in (
+                scores.legacy
+            ):
+                todo.append((item, job, key))
+    _barrier(world)  # every rank has read the files before any appends to them
+    mine = sum(len(grid_jobs if i.grid else image_jobs) for i in items[rank::world])
+    prefix = "" if world == 1 else f"rank {rank}: "
+    print(f"{prefix}{len(todo)} of {mine} records to compute, the others are in {out}")
     path = out / f"scores-rank{rank}.jsonl"
-    done = _done(path)
-    todo = [
-        (item, job)
-        for item in mine
-        for job in (grid_jobs if item[4] else image_jobs)
-        if (job.table, job.name, item[0]) not in done
-    ]
-    with path.open("a") as handle, _progress(len(todo), rank, not args.quiet) as bar:
-        for (item_id, x, y, s, _), job in todo:
-            scores = score_job(model, job, x, y, s)
-            record = {"table": job.table, "method": job.name, "item": item_id, "scores": scores}
-            handle.write(json.dumps(record) + "\n")
+    with path.open("a") as handle, _progress(len(todo), rank, world, not args.quiet) as bar:
+        for item, job, key in todo:
+            scores_ = score_job(model, job, item.x, item.y, item.s)
+            record = {"table": job.table, "method": job.name, "item": item.id, "key": key}
+            handle.write(json.dumps({**record, "scores": scores_}) + "\n")
             handle.flush()
             bar.update(1)
-    if world > 1:
-        torch.distributed.barrier()
+    _barrier(world)
     if rank != 0:
         return None
-    records = []
-    for shard in sorted(out.glob("scores-rank*.jsonl")):
-        records += [json.loads(line) for line in shard.read_text().splitlines() if line.strip()]
-    records.sort(key=lambda r: (r["table"], r["method"], r["item"]))
+    records = sorted(
+        read_scores(out).records,
+        key=lambda r: (r["table"], r["method"], r["item"], _identity(r.get("key"))),
+    )
     tables = summarise(records)
     (out / "tables.json").write_text(json.dumps(tables, indent=1))
+    size = args.image_size
     header = (
-        f"# Paper tables on {args.data.name} (EfficientNet-Lite0, "
-        f"{args.image_size}x{args.image_size}; every score in the scores files, however "
-        "many runs wrote them; n per table below)"
+        f"# Paper tables on {args.data.name} (EfficientNet-Lite0, {size}x{size}; every "
+        "record of the scores files once, however many runs wrote them; n per table below)"
     )
-    (out / "tables.md").write_text(markdown(tables, header))
+    text = markdown(tables, header)
+    (out / "tables.md").write_text(text)
     plot_curves(tables, out)
+    print(text)
+    print(f"wrote {out}")
     return tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by ``python -m`` and ``captum-fdcam benchmark``)."""
-    parser.add_argument("--data", type=Path, required=True, help="folder of images")
-    parser.add_argument("--labels", type=Path, default=None, help="default: DATA/labels.csv")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_tables"))
-    parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES))
-    parser.add_argument("--cams", nargs="+", choices=CAMS, default=list(CAMS))
-    parser.add_argument("--limit", type=int, default=None, help="first N images only")
-    parser.add_argument("--mosaics", type=int, default=10, help="GridPG mosaics")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="folder of images with a labels.csv (columns file,class_index); required",
+    )
+    parser.add_argument(
+        "--labels", type=Path, default=None, help="labels CSV (default: DATA/labels.csv)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output folder: scores, run.json, tables, plots; a run resumes the scores "
+        "already there, and refuses one of other data, image size or weights "
+        f"(default: ./{DEFAULT_OUT} in the current directory)",
+    )
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        choices=TABLES,
+        default=list(TABLES),
+        metavar="TABLE",
+        help=f"any of {', '.join(TABLES)} (default: all)",
+    )
+    parser.add_argument(
+        "--cams",
+        nargs="+",
+        choices=CAMS,
+        default=list(CAMS),
+        metavar="CAM",
+        help=f"the CAMs of the tables, any of {', '.join(CAMS)} (default: all)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="the first N images by file name (default: all)"
+    )
+    parser.add_argument(
+        "--mosaics", type=int, default=10, help="GridPG mosaics, at most (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help=f"resize/crop size, at least {MIN_IMAGE_SIZE} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (default: a bar per rank)"
+    )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors in one line, like the command's own (argparse would print the
+    usage first, seven lines here)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from captum_fdcam.cli import CliError
+
     try:
         run(args)
+    except CliError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     finally:
+        import torch
+
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0

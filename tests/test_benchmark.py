@@ -77,6 +77,14 @@ def test_torchrun_shards_merge_to_the_single_process_tables(folder: Path, tmp_pa
     assert json.loads((sharded / "tables.json").read_text()) == json.loads(
         (single / "tables.json").read_text()
     )
+    # A single process resuming the two ranks' folder finds every record in one of the
+    # two files (it used to read only its own and compute rank 1's images again: n = 6).
+    shards = {p.name: p.read_text() for p in sharded.glob("scores-rank*.jsonl")}
+    main(["--data", str(folder), "--out", str(sharded), *ARGS])
+    assert {p.name: p.read_text() for p in sharded.glob("scores-rank*.jsonl")} == shards
+    assert json.loads((sharded / "tables.json").read_text()) == json.loads(
+        (single / "tables.json").read_text()
+    )
 
 
 def test_labels_and_jobs(folder: Path, tmp_path: Path) -> None:
