@@ -26,7 +26,7 @@ from torch import Tensor
 from captum_fdcam._core.hooks import LayerCapture
 from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.replay import PreLayerRecorder, ReplayError, replay
-from captum_fdcam._core.validation import select_target_scores
+from captum_fdcam._core.validation import check_integer, select_target_scores
 
 ScoreType = Literal["logit", "probability"]
 
@@ -42,15 +42,16 @@ def check_score_type(score: str) -> ScoreType:
 
 
 def check_perturbations_per_eval(perturbations_per_eval: int) -> int:
-    if (
-        isinstance(perturbations_per_eval, bool)
-        or not isinstance(perturbations_per_eval, int)
-        or perturbations_per_eval < 1
-    ):
-        raise ValueError(
-            f"perturbations_per_eval must be a positive integer, got {perturbations_per_eval!r}."
-        )
-    return perturbations_per_eval
+    return check_integer("perturbations_per_eval", perturbations_per_eval)
+
+
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype target scores are compared in: at least float32.
+
+    Score-CAM's and Group-CAM's weights are differences of nearby probabilities, which
+    keep few of their digits in float16's or bfloat16's short mantissa.
+    """
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
@@ -62,6 +63,19 @@ def unique_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     """Unique rows of a (M, ...) tensor and, for each row, the index of its unique row."""
     unique, inverse = torch.unique(rows.flatten(1), dim=0, return_inverse=True)
     return unique.view(-1, *rows.shape[1:]), inverse
+
+
+def _switch_plan(activation: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Which switched copies of (K, h, w) ``activation`` need a pass, for (M, K) ``keep``.
+
+    Returns the live (not all-zero) channels (K,), the distinct effective masks (U, K),
+    each copy's mask index (M,), which masks equal the unswitched activation (U,), and
+    the indices of the masks to evaluate: the others.
+    """
+    live = activation.flatten(1).ne(0).any(dim=1)
+    unique, inverse = unique_rows(keep & live)
+    is_reference = (unique == live).all(dim=1)
+    return live, unique, inverse, is_reference, torch.nonzero(~is_reference).flatten()
 
 
 @dataclass
@@ -108,6 +122,7 @@ class PerturbationEngine:
         return tuple(out)
 
     def _scores(self, output: Tensor, sample: int, score: ScoreType) -> Tensor:
+        output = output.to(score_dtype(output.dtype))
         if score == "probability":
             if output.dim() < 2:
                 raise ValueError("score='probability' needs a model output of shape (N, C, ...).")
@@ -132,10 +147,15 @@ class PerturbationEngine:
         return self._scores(self.output[sample : sample + 1], sample, score)[0]
 
     @contextmanager
-    def progress(self, total: int, desc: str) -> Iterator[None]:
-        """Shows a progress bar over ``total`` perturbations when ``show_progress``."""
+    def progress(self, total: int | Callable[[], int], desc: str) -> Iterator[None]:
+        """Shows a progress bar over ``total`` evaluated copies when ``show_progress``.
+
+        ``total`` counts what will really run (copies left after deduplication and
+        short-cuts), so that the bar ends at 100%; a function is called only when
+        the bar is shown, for totals that cost a pass over the activations to count.
+        """
         if self.show_progress:
-            self._bar = captum_progress(desc=desc, total=total)
+            self._bar = captum_progress(desc=desc, total=total() if callable(total) else total)
         try:
             yield
         finally:
@@ -174,8 +194,8 @@ class PerturbationEngine:
             output = self._forward(make_inputs(start, stop), sample)
             out.append(self._scores(output, sample, score))
             self._advance(stop - start)
-        if not out:  # in the dtype of the scores (the output's), as for count > 0
-            return self.output.new_zeros(0)
+        if not out:  # in the dtype of the scores, as for count > 0
+            return self.output.new_zeros(0, dtype=score_dtype(self.output.dtype))
         return torch.cat(out)
 
     # ----------------------------------------------------- channel switching
@@ -203,11 +223,7 @@ class PerturbationEngine:
             (they differ only on all-zero channels) are evaluated once; a copy equal
             to the unswitched activation gets ``reference`` without evaluation.
         """
-        live = activation.flatten(1).ne(0).any(dim=1)
-        effective = keep & live
-        unique, inverse = unique_rows(effective)
-        is_reference = (unique == live).all(dim=1)
-        todo = torch.nonzero(~is_reference).flatten()
+        live, unique, inverse, is_reference, todo = _switch_plan(activation, keep)
         scores = torch.empty(len(unique), dtype=reference.dtype, device=reference.device)
         scores[is_reference] = reference
         # The first batch carries the unswitched activation too: if the short-cut
@@ -226,8 +242,12 @@ class PerturbationEngine:
                 check = False
             scores[todo[start:stop]] = result.to(scores.dtype)
             self._advance(stop - start)
-        self._advance(len(effective) - len(todo))
         return scores[inverse]
+
+    @staticmethod
+    def switch_passes(activation: Tensor, keep: Tensor) -> int:
+        """How many copies :meth:`switch_scores` evaluates for these arguments."""
+        return len(_switch_plan(activation, keep)[-1])
 
     def _switched_forward(
         self, sample: int, copies: Tensor, reference: Tensor, score: ScoreType, check: bool

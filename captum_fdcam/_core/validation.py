@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
+import numpy as np
 import torch
 from captum._utils.typing import TargetType
 from torch import Tensor
@@ -28,6 +30,46 @@ def layer_name(forward_func: Callable[..., Any], layer: Module) -> str:
             if module is layer:
                 return f"'{name or type(model).__name__}' ({type(layer).__name__})"
     return f"{type(layer).__name__}"
+
+
+def python_scalar(value: Any) -> Any:
+    """The Python number a 0-d numpy array or tensor holds; anything else unchanged."""
+    if isinstance(value, (np.ndarray, np.generic, Tensor)) and value.ndim == 0:
+        return value.item()
+    return value
+
+
+def check_integer(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an ``int`` of at least ``minimum``: Python or numpy integers (also 0-d
+    arrays and tensors), not ``bool`` (``True`` is 1 to Python, but never meant as a count)
+    and not floats (``3.0`` is refused: a float count is usually a computed, rounded value)."""
+    number = python_scalar(value)
+    if isinstance(number, bool) or not isinstance(number, Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} ({value!r}).")
+    if number < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {int(number)}.")
+    return int(number)
+
+
+def check_real(name: str, value: Any) -> float:
+    """``value`` as a finite ``float``: Python or numpy numbers (also 0-d arrays and tensors),
+    not ``bool``; NaN and infinity are refused here rather than turning the map into NaN."""
+    number = python_scalar(value)
+    if isinstance(number, bool) or not isinstance(number, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r}).")
+    number = float(number)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}.")
+    return number
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a ``bool``: Python or numpy booleans only (``bool('no')`` is True)."""
+    flag = python_scalar(value)
+    if not isinstance(flag, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} ({value!r}).")
+    return flag
 
 
 TORCHSCRIPT_HINT = (
@@ -99,16 +141,27 @@ def check_inputs(inputs: tuple[Tensor, ...]) -> None:
     sizes = {x.shape[0] for x in inputs}
     if len(sizes) != 1:
         raise ValueError(f"All inputs must share the batch size, got {sorted(sizes)}.")
+    if sizes == {0}:
+        # Caught here, not as an IndexError from the first per-example step of a method.
+        raise ValueError(
+            f"inputs have no examples (batch of 0, shapes {[tuple(x.shape) for x in inputs]}): "
+            "attribute needs at least one example."
+        )
 
 
 def target_rows(target: TargetType, n: int) -> list[tuple[int, ...]]:
-    """Turns any of Captum's ``TargetType`` forms into one index tuple per example."""
+    """Turns any of Captum's ``TargetType`` forms into one index tuple per example.
+
+    numpy integers and integer arrays are read as the Python ints and tensors they hold.
+    """
 
     def as_tuple(t: Any) -> tuple[int, ...]:
         items = t if isinstance(t, tuple) else (t,)
         out = []
         for item in items:
             if isinstance(item, Tensor) and item.numel() == 1 and not item.is_floating_point():
+                item = item.item()
+            elif isinstance(item, np.ndarray) and item.size == 1 and item.dtype.kind in "iu":
                 item = item.item()
             if isinstance(item, bool) or not isinstance(item, Integral):
                 raise TypeError(
@@ -117,6 +170,11 @@ def target_rows(target: TargetType, n: int) -> list[tuple[int, ...]]:
             out.append(int(item))
         return tuple(out)
 
+    if isinstance(target, np.ndarray):
+        # Read as the tensor it converts to (a 0-d array is one target for all examples).
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"target array must hold integers, got dtype {target.dtype}.")
+        target = torch.from_numpy(target.astype(np.int64))
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target tensor must hold integers, got dtype {target.dtype}.")

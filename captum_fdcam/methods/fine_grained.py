@@ -40,10 +40,14 @@ from captum_fdcam._core.base import LayerCamBase, attribution_call
 from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.validation import (
     TORCHSCRIPT_HINT,
+    check_bool,
     check_inputs,
+    check_integer,
     check_layer,
+    check_real,
     layer_name,
     owning_module,
+    python_scalar,
 )
 from captum_fdcam.methods.gradient import LayerGradCam
 from captum_fdcam.propagation import Propagation, RuleAssignment, ZBoxRule
@@ -62,17 +66,19 @@ def singular_value_count(count: int | float, available: int) -> int:
 
 
 def check_singular_values(count: int | float) -> int | float:
-    if isinstance(count, bool) or not isinstance(count, Real):
+    """A count (Python or numpy int, at least 1) or a fraction in (0, 1], as a Python number."""
+    number = python_scalar(count)
+    if isinstance(number, bool) or not isinstance(number, Real):
         raise TypeError(f"singular_values must be an int or a float, got {type(count).__name__}.")
-    if isinstance(count, Integral):
-        if count < 1:
-            raise ValueError(f"singular_values must be at least 1, got {count}.")
-    elif not 0 < float(count) <= 1:
+    if isinstance(number, Integral):
+        return check_integer("singular_values", number)
+    fraction = check_real("singular_values", number)
+    if not 0 < fraction <= 1:
         raise ValueError(
-            f"A fractional singular_values must be in (0, 1], got {count} "
+            f"A fractional singular_values must be in (0, 1], got {fraction} "
             "(an int keeps that many singular values)."
         )
-    return count
+    return fraction
 
 
 def denoise_components(components: Tensor, singular_values: int | float) -> Tensor:
@@ -130,7 +136,7 @@ class _FineGrained:
                 f"{layer_name(model, scripted[0])} is a TorchScript module. {TORCHSCRIPT_HINT}"
             )
         self.model = model
-        self.denoise = bool(denoise)
+        self.denoise = check_bool("denoise", denoise)
         self.singular_values = check_singular_values(singular_values)
         self.rules = rules
         self.input_rule = ZBoxRule() if input_rule is None else input_rule

@@ -8,8 +8,9 @@ pass per distinct mask; masks that are identical share one evaluation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,6 +25,7 @@ from captum_fdcam._core.base import (
 )
 from captum_fdcam._core.layout import ReshapeTransform
 from captum_fdcam._core.perturbation import PerturbationEngine, check_score_type, unique_rows
+from captum_fdcam._core.validation import check_integer, check_real
 
 
 def _image_input(state: LayerState, method: str) -> Tensor:
@@ -57,20 +59,29 @@ def _canonical(maps: Tensor) -> Tensor:
     return torch.where(constant[:, None, None], torch.zeros_like(maps), maps)
 
 
+def distinct_maps(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """The maps of (M, h, w) ``maps`` that give distinct masks, and each map's index among them.
+
+    Known before any pass runs, so that the progress bar's total counts the passes.
+    """
+    return unique_rows(_canonical(maps))
+
+
 def _masked_scores(
     engine: PerturbationEngine,
     sample: int,
-    maps: Tensor,
+    distinct: tuple[Tensor, Tensor],
     size: tuple[int, int],
     perturb: Callable[[Tensor], Tensor],
     score: Literal["logit", "probability"],
 ) -> Tensor:
-    """Scores of ``perturb(mask)`` for the mask of each (h, w) map in ``maps``, (M,).
+    """Scores of ``perturb(mask)`` for the mask of each map, (M,), from
+    :func:`distinct_maps` of the maps.
 
     Maps giving identical masks are evaluated once; masks are built batch by batch
     so that memory grows with ``perturbations_per_eval``, not with M.
     """
-    unique, inverse = unique_rows(_canonical(maps))
+    unique, inverse = distinct
 
     def make_inputs(start: int, stop: int) -> tuple[Tensor, ...]:
         masks, _, _ = upsampled_masks(unique[start:stop], size)
@@ -78,6 +89,30 @@ def _masked_scores(
 
     scores = engine.input_scores(sample, len(unique), make_inputs, score)
     return scores[inverse]
+
+
+def check_baseline(baseline: Any) -> float | Tensor | None:
+    """Score-CAM's ``baseline``: None, a finite number, or a tensor (or numpy array) of
+    finite real values; whether it fits the inputs is checked when they are known."""
+    if baseline is None:
+        return None
+    if isinstance(baseline, np.ndarray) and baseline.ndim > 0:
+        if baseline.dtype.kind not in "iuf":
+            raise TypeError(f"baseline array must hold real numbers, got dtype {baseline.dtype}.")
+        baseline = torch.from_numpy(baseline)
+    if isinstance(baseline, Tensor) and baseline.dim() > 0:
+        if baseline.dtype == torch.bool or baseline.is_complex():
+            raise TypeError(f"baseline tensor must hold real numbers, got dtype {baseline.dtype}.")
+        if not torch.isfinite(baseline).all():
+            raise ValueError("baseline contains NaN or infinite values.")
+        return baseline.detach()
+    try:
+        return check_real("baseline", baseline)
+    except TypeError:
+        raise TypeError(
+            "baseline must be None, a number, or a tensor broadcastable to one input example, "
+            f"got {type(baseline).__name__} ({baseline!r})."
+        ) from None
 
 
 class LayerScoreCam(PerturbationLayerCam):
@@ -104,8 +139,9 @@ class LayerScoreCam(PerturbationLayerCam):
             :class:`~captum_fdcam.LayerCamBase` (Captum's ``LayerGradCam``, plus the
             transformer layout).
         score: ``'probability'`` (default, softmax over classes) or ``'logit'``.
-        baseline: value (float, or tensor broadcastable to one input) of the
-            baseline input whose score is subtracted; ``None`` subtracts nothing.
+        baseline: finite value (float, or tensor broadcastable to one input
+            example, e.g. (C, 1, 1) per channel) of the baseline input whose score
+            is subtracted; ``None`` subtracts nothing.
     """
 
     def __init__(
@@ -120,24 +156,55 @@ class LayerScoreCam(PerturbationLayerCam):
     ) -> None:
         super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
         self.score = check_score_type(score)
-        self.baseline = baseline
+        self.baseline = check_baseline(baseline)
+
+    def _layer_state(
+        self, inputs: Tensor | tuple[Tensor, ...], *args: Any, **kwargs: Any
+    ) -> LayerState:
+        # Before the model runs: a baseline that cannot fill one example would otherwise
+        # fail only after the reference pass, in an expand deep inside.
+        first = inputs[0] if isinstance(inputs, tuple) and inputs else inputs
+        if isinstance(first, Tensor) and first.dim() > 0:
+            self._baseline_image(first)
+        return super()._layer_state(inputs, *args, **kwargs)
+
+    def _baseline_image(self, x: Tensor) -> Tensor | None:
+        """The baseline as one example of ``x`` (N, ...), shape (1, ...); None without one."""
+        if self.baseline is None:
+            return None
+        base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
+        example = (1, *x.shape[1:])
+        try:
+            fits = torch.broadcast_shapes(base.shape, example) == example
+        except RuntimeError:
+            fits = False
+        if not fits:
+            per_channel = (x.shape[1], *[1] * (x.dim() - 2)) if x.dim() > 2 else None
+            raise ValueError(
+                f"Score-CAM's baseline of shape {tuple(base.shape)} does not broadcast to one "
+                f"input example of shape {tuple(x.shape[1:])} (inputs {tuple(x.shape)}): pass "
+                f"a float, or a tensor of shape {tuple(x.shape[1:])} or one that broadcasts to "
+                "it" + (f" (e.g. {per_channel}: one value per channel)." if per_channel else ".")
+            )
+        return base.expand(example)
 
     def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
         engine = state.engine
         assert engine is not None
         x = _image_input(state, "Score-CAM")
         size = (x.shape[2], x.shape[3])
-        n, k = activation.shape[:2]
+        base = self._baseline_image(x)
+        distinct = [distinct_maps(a) for a in activation]
+        # One pass per distinct mask, and one for the baseline, for each example.
+        total = sum(len(unique) for unique, _ in distinct) + (0 if base is None else len(x))
         weights = []
-        with engine.progress(n * k, "Score-CAM"):
-            for i in range(n):
+        with engine.progress(total, "Score-CAM"):
+            for i, maps in enumerate(distinct):
                 image = x[i : i + 1]
                 scores = _masked_scores(
-                    engine, i, activation[i], size, lambda m, im=image: im * m, self.score
+                    engine, i, maps, size, lambda m, im=image: im * m, self.score
                 )
-                if self.baseline is not None:
-                    base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
-                    base = base.expand_as(image)
+                if base is not None:
                     scores = scores - engine.input_scores(i, 1, lambda *_, b=base: (b,), self.score)
                 weights.append(scores)
         return torch.stack(weights)[:, :, None, None].to(activation.dtype)
@@ -174,7 +241,7 @@ class LayerGroupCam(GradientPerturbationLayerCam):
         groups: number of channel groups G (at most the number of channels;
             fewer channels give one group each). Default: 32
         blur_kernel_size: odd size of the Gaussian blur kernel. Default: 51
-        blur_sigma: standard deviation of the blur. Default: 50.0
+        blur_sigma: standard deviation of the blur, positive. Default: 50.0
         score: ``'probability'`` (default) or ``'logit'``.
     """
 
@@ -191,13 +258,13 @@ class LayerGroupCam(GradientPerturbationLayerCam):
         score: Literal["logit", "probability"] = "probability",
     ) -> None:
         super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
-        if groups < 1:
-            raise ValueError(f"groups must be a positive integer, got {groups}.")
-        if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:
+        self.groups = check_integer("groups", groups)
+        self.blur_kernel_size = check_integer("blur_kernel_size", blur_kernel_size)
+        if self.blur_kernel_size % 2 == 0:
             raise ValueError(f"blur_kernel_size must be odd and positive, got {blur_kernel_size}.")
-        self.groups = groups
-        self.blur_kernel_size = blur_kernel_size
-        self.blur_sigma = float(blur_sigma)
+        self.blur_sigma = check_real("blur_sigma", blur_sigma)
+        if self.blur_sigma <= 0:  # torchvision's blur needs it, and says so only when it runs
+            raise ValueError(f"blur_sigma must be positive, got {self.blur_sigma}.")
         self.score = check_score_type(score)
 
     def grouped_terms(self, activation: Tensor, gradient: Tensor) -> tuple[Tensor, ...]:
@@ -247,17 +314,19 @@ class LayerGroupCam(GradientPerturbationLayerCam):
         size = (x.shape[2], x.shape[3])
         self.check_image_size(*size)
         maps = self.group_maps(activation, gradient)
-        n, g = maps.shape[:2]
+        distinct = [distinct_maps(m) for m in maps]
+        # One pass for the blurred input and one per distinct mask, for each example.
+        total = sum(1 + len(unique) for unique, _ in distinct)
         terms = []
-        with engine.progress(n * (g + 1), "Group-CAM"):
-            for i in range(n):
+        with engine.progress(total, "Group-CAM"):
+            for i in range(len(maps)):
                 image = x[i : i + 1]
                 blurred = self.blur(image)
                 base = engine.input_scores(i, 1, lambda *_, b=blurred: (b,), self.score)
                 scores = _masked_scores(
                     engine,
                     i,
-                    maps[i],
+                    distinct[i],
                     size,
                     lambda m, im=image, b=blurred: im * m + b * (1 - m),
                     self.score,

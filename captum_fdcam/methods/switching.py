@@ -23,7 +23,8 @@ from captum_fdcam._core.base import (
     safe_divide,
 )
 from captum_fdcam._core.layout import ReshapeTransform
-from captum_fdcam._core.perturbation import check_score_type
+from captum_fdcam._core.perturbation import check_score_type, score_dtype
+from captum_fdcam._core.validation import check_real
 
 
 def _per_channel(weights: list[Tensor]) -> Tensor:
@@ -72,7 +73,9 @@ class LayerAblationCam(PerturbationLayerCam):
         n, k = activation.shape[:2]
         keep = ~torch.eye(k, dtype=torch.bool, device=activation.device)
         weights = []
-        with engine.progress(n * k, "Ablation-CAM"):
+        with engine.progress(
+            lambda: sum(engine.switch_passes(a, keep) for a in activation), "Ablation-CAM"
+        ):
             for i in range(n):
                 reference = engine.reference(i, self.score)
                 off = engine.switch_scores(i, activation[i], keep, reference, self.score)
@@ -99,7 +102,8 @@ def similarity_groups(activation: Tensor, group_fraction: float | None) -> Tenso
     eye = torch.eye(k, dtype=torch.bool, device=activation.device)
     if group_fraction is None:
         return eye
-    similarity = cosine_similarity_matrix(activation)
+    # At least float32: torch.quantile refuses float16 and bfloat16.
+    similarity = cosine_similarity_matrix(activation.to(score_dtype(activation.dtype)))
     threshold = torch.quantile(similarity, 1.0 - group_fraction, dim=1, keepdim=True)
     return (similarity > threshold) | eye
 
@@ -167,8 +171,10 @@ class LayerFDCam(GradientPerturbationLayerCam):
         score: Literal["logit", "probability"] = "logit",
     ) -> None:
         super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
-        if group_fraction is not None and not 0.0 < group_fraction <= 1.0:
-            raise ValueError(f"group_fraction must be in (0, 1] or None, got {group_fraction}.")
+        if group_fraction is not None:
+            group_fraction = check_real("group_fraction", group_fraction)
+            if not 0.0 < group_fraction <= 1.0:
+                raise ValueError(f"group_fraction must be in (0, 1] or None, got {group_fraction}.")
         if switch not in ("both", "off"):
             raise ValueError(f"switch must be 'both' or 'off', got {switch!r}.")
         if combination not in ("exp", "linear"):
@@ -176,24 +182,28 @@ class LayerFDCam(GradientPerturbationLayerCam):
         self.group_fraction = group_fraction
         self.switch = switch
         self.combination = combination
-        self.bias = float(bias)
+        self.bias = check_real("bias", bias)
         self.score = check_score_type(score)
 
     def switching_scores(self, activation: Tensor, state: LayerState, sample: int) -> Tensor:
         """The grouped channel-switching scores :math:`s_k` of one example, (K,)."""
         engine = state.engine
         assert engine is not None
-        groups = similarity_groups(activation, self.group_fraction)
         reference = engine.reference(sample, self.score)
         k = activation.shape[0]
-        if self.switch == "off":
-            return reference - engine.switch_scores(
-                sample, activation, ~groups, reference, self.score
-            )
         scores = engine.switch_scores(
-            sample, activation, torch.cat([~groups, groups]), reference, self.score
+            sample, activation, self.switched_channels(activation), reference, self.score
         )
+        if self.switch == "off":
+            return reference - scores
         return ((reference - scores[:k]) + scores[k:]) / 2
+
+    def switched_channels(self, activation: Tensor) -> Tensor:
+        """The channels kept in each switched copy of (K, h, w) ``activation``: (K, K)
+        switch-off rows (channel k's group off), then with ``switch='both'`` (K, K)
+        switch-on rows (only channel k's group on)."""
+        groups = similarity_groups(activation, self.group_fraction)
+        return ~groups if self.switch == "off" else torch.cat([~groups, groups])
 
     def channel_scores(
         self,
@@ -223,14 +233,19 @@ class LayerFDCam(GradientPerturbationLayerCam):
             )
 
     def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
-        assert gradient is not None and state.engine is not None
-        alpha = gradient.mean(dim=(2, 3))
-        n, k = activation.shape[:2]
+        engine = state.engine
+        assert gradient is not None and engine is not None
+        # Weights in at least float32 (the scores' dtype), the map in the activation's.
+        alpha = gradient.to(score_dtype(gradient.dtype)).mean(dim=(2, 3))
         weights = []
-        with state.engine.progress(n * k * (2 if self.switch == "both" else 1), "FD-CAM"):
-            for i in range(n):
+        with engine.progress(
+            # A function: the groups are computed again only when a bar is shown.
+            lambda: sum(engine.switch_passes(a, self.switched_channels(a)) for a in activation),
+            "FD-CAM",
+        ):
+            for i in range(len(activation)):
                 s_hat = min_max(self.switching_scores(activation[i], state, i).to(alpha.dtype))
                 a_hat = min_max(alpha[i])
                 scale = torch.exp(s_hat) if self.combination == "exp" else s_hat
                 weights.append(a_hat * scale - self.bias)
-        return _per_channel(weights)
+        return _per_channel(weights).to(activation.dtype)
