@@ -18,8 +18,23 @@ vision transformers::
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 from torch import Tensor
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _integer(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int (Python or numpy integers), at least ``minimum``."""
+    if not _is_integer(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
+    number = int(value)  # type: ignore[call-overload]
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}.")
+    return number
 
 
 class TokensToGrid:
@@ -36,16 +51,15 @@ class TokensToGrid:
     """
 
     def __init__(self, prefix_tokens: int = 1, grid_size: int | tuple[int, int] | None = None):
-        if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int):
-            raise TypeError(f"prefix_tokens must be an int, got {type(prefix_tokens).__name__}.")
-        if prefix_tokens < 0:
-            raise ValueError(f"prefix_tokens must be >= 0, got {prefix_tokens}.")
-        if isinstance(grid_size, int):
-            grid_size = (grid_size, grid_size)
-        if grid_size is not None and (len(grid_size) != 2 or min(grid_size) < 1):
-            raise ValueError(f"grid_size must be two positive ints, got {grid_size}.")
-        self.prefix_tokens = prefix_tokens
-        self.grid_size = grid_size
+        self.prefix_tokens = _integer("prefix_tokens", prefix_tokens, minimum=0)
+        if grid_size is None:
+            self.grid_size: tuple[int, int] | None = None
+        else:
+            sides = (grid_size, grid_size) if _is_integer(grid_size) else tuple(grid_size)
+            if len(sides) != 2:
+                raise ValueError(f"grid_size must be one int or (h, w), got {grid_size!r}.")
+            h, w = (_integer("grid_size", side, minimum=1) for side in sides)
+            self.grid_size = (h, w)
 
     def __call__(self, tokens: Tensor) -> Tensor:
         if tokens.dim() != 3:

@@ -374,6 +374,14 @@ def test_ready_transforms_check_their_input() -> None:
         ChannelsLastToFirst()(torch.zeros(2, 17, 16))
     with pytest.raises(ValueError, match="prefix_tokens"):
         TokensToGrid(prefix_tokens=-1)
+    with pytest.raises(TypeError, match="prefix_tokens must be an int"):
+        TokensToGrid(prefix_tokens=True)
+    with pytest.raises(ValueError, match="grid_size must be >= 1"):
+        TokensToGrid(grid_size=(0, 4))
+    # numpy integers wherever ints are
+    same = TokensToGrid(prefix_tokens=np.int64(2), grid_size=np.int32(4))
+    assert (same.prefix_tokens, same.grid_size) == (2, (4, 4))
+    assert TokensToGrid(grid_size=(np.int64(3), 5)).grid_size == (3, 5)
     # DeiT: class and distillation tokens, then a 3 x 5 grid
     tokens = torch.arange(2 * 17 * 4).reshape(2, 17, 4)
     grid = TokensToGrid(prefix_tokens=2, grid_size=(3, 5))(tokens)
