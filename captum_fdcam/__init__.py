@@ -8,44 +8,85 @@ and ``attribute`` signature::
     attr = cam.attribute(images, target=labels, relu_attributions=True)  # (N, 1, h, w)
 """
 
-from captum_fdcam._core.base import (
-    GradientLayerCam,
-    GradientPerturbationLayerCam,
-    LayerCamBase,
-    LayerState,
-    PerturbationLayerCam,
-)
-from captum_fdcam.methods import (
-    CLRP,
-    SGLRP,
-    FGCam,
-    LayerAblationCam,
-    LayerFDCam,
-    LayerFGCam,
-    LayerGradCam,
-    LayerGradCamPlusPlus,
-    LayerGroupCam,
-    LayerLayerCam,
-    LayerScoreCam,
-    LayerXGradCam,
-    PropagationLRP,
-)
-from captum_fdcam.propagation import ZBoxRule, ZPlusRule
-from captum_fdcam.targets import SegmentationTarget
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The names below are imported on first use (PEP 562): importing torch and Captum takes
+# seconds, which ``captum-fdcam --help`` and anything else that only needs a submodule
+# (captum_fdcam.cli, captum_fdcam.reshape) should not pay.
+if TYPE_CHECKING:
+    from captum_fdcam._core.base import (
+        GradientLayerCam,
+        GradientPerturbationLayerCam,
+        LayerCamBase,
+        LayerState,
+        PerturbationLayerCam,
+    )
+    from captum_fdcam.methods import (
+        CLRP,
+        SGLRP,
+        FGCam,
+        LayerAblationCam,
+        LayerFDCam,
+        LayerFGCam,
+        LayerGradCam,
+        LayerGradCamPlusPlus,
+        LayerGroupCam,
+        LayerLayerCam,
+        LayerScoreCam,
+        LayerXGradCam,
+        PropagationLRP,
+    )
+    from captum_fdcam.propagation import ZBoxRule, ZPlusRule
+    from captum_fdcam.targets import SegmentationTarget
 
 __version__ = "0.1.0"
 
-#: The CAM methods of this library, by the names used in figures and tables.
-METHODS = {
-    "Grad-CAM": LayerGradCam,
-    "Grad-CAM++": LayerGradCamPlusPlus,
-    "XGrad-CAM": LayerXGradCam,
-    "Layer-CAM": LayerLayerCam,
-    "Score-CAM": LayerScoreCam,
-    "Ablation-CAM": LayerAblationCam,
-    "Group-CAM": LayerGroupCam,
-    "FD-CAM": LayerFDCam,
+_EXPORTS = {
+    "GradientLayerCam": "captum_fdcam._core.base",
+    "GradientPerturbationLayerCam": "captum_fdcam._core.base",
+    "LayerCamBase": "captum_fdcam._core.base",
+    "LayerState": "captum_fdcam._core.base",
+    "PerturbationLayerCam": "captum_fdcam._core.base",
+    "CLRP": "captum_fdcam.methods",
+    "SGLRP": "captum_fdcam.methods",
+    "FGCam": "captum_fdcam.methods",
+    "LayerAblationCam": "captum_fdcam.methods",
+    "LayerFDCam": "captum_fdcam.methods",
+    "LayerFGCam": "captum_fdcam.methods",
+    "LayerGradCam": "captum_fdcam.methods",
+    "LayerGradCamPlusPlus": "captum_fdcam.methods",
+    "LayerGroupCam": "captum_fdcam.methods",
+    "LayerLayerCam": "captum_fdcam.methods",
+    "LayerScoreCam": "captum_fdcam.methods",
+    "LayerXGradCam": "captum_fdcam.methods",
+    "PropagationLRP": "captum_fdcam.methods",
+    "ZBoxRule": "captum_fdcam.propagation",
+    "ZPlusRule": "captum_fdcam.propagation",
+    "SegmentationTarget": "captum_fdcam.targets",
 }
+
+# METHODS by class name, so that the command line can list the names without importing
+# the classes.
+_METHOD_CLASSES = {
+    "Grad-CAM": "LayerGradCam",
+    "Grad-CAM++": "LayerGradCamPlusPlus",
+    "XGrad-CAM": "LayerXGradCam",
+    "Layer-CAM": "LayerLayerCam",
+    "Score-CAM": "LayerScoreCam",
+    "Ablation-CAM": "LayerAblationCam",
+    "Group-CAM": "LayerGroupCam",
+    "FD-CAM": "LayerFDCam",
+}
+
+# Subpackages the eager version of this module imported, so that code written as
+# ``import captum_fdcam; captum_fdcam.methods.X`` keeps working.
+_SUBMODULES = ("_core", "methods", "propagation", "targets")
+
+#: The CAM methods of this library, by the names used in figures and tables.
+METHODS: dict[str, type]
 
 __all__ = [
     "CLRP",
@@ -72,3 +113,21 @@ __all__ = [
     "ZPlusRule",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHODS":
+        value: Any = {label: __getattr__(cls) for label, cls in _METHOD_CLASSES.items()}
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # Cached as a global: later look-ups do not come here, and METHODS stays one dict.
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -7,27 +7,34 @@
     captum-fdcam evaluate photos/ --methods Grad-CAM FD-CAM --metrics insertion deletion
     captum-fdcam benchmark --data imagenet-sample --tables fdcam-table1 --limit 20
 
-Errors a user can fix (a missing or unreadable file, an unknown layer, method or
-architecture, CUDA without a GPU) are reported as one line on stderr with exit code 2.
+Everything is checked before the first image is explained: the arguments, every image
+(decoded in full), the model, the layer (one forward pass on a blank image) and the
+output folder, which is created only then. A mistake is one line on stderr and exit
+code 2, with nothing written.
+
+Only the standard library is imported at module level: ``--help`` must not wait for
+torch and Captum, so each function imports what it needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from torch import nn
+from captum_fdcam import _METHOD_CLASSES
 
-from captum_fdcam import METHODS
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from torch import nn
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 OFFLINE_MODEL = "efficientnet-lite0"
@@ -45,16 +52,30 @@ class CliError(Exception):
     """A mistake in the command's arguments or files: printed as one line, exit code 2."""
 
 
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
 # ------------------------------------------------------------------------- inputs
 
 
 def image_paths(specs: Sequence[str | Path]) -> list[Path]:
-    """The images named on the command line: files as given, folders by image suffix."""
+    """The images named on the command line: files as given, folders by image suffix.
+
+    A folder contributes its files with an image suffix, sorted by name; hidden files
+    (``.DS_Store``, the ``._photo.jpg`` AppleDouble files macOS leaves on shared drives),
+    sub-folders and other files are skipped.
+    """
     paths: list[Path] = []
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            )
             if not found:
                 raise CliError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
             paths += found
@@ -73,31 +94,56 @@ def sample_image() -> Path:
 
 
 def read_image(path: Path) -> Image.Image:
-    """The image as RGB, or a one-line error for a file PIL cannot decode."""
+    """The image, fully decoded, as 8-bit RGB (16-bit images scaled), or a one-line
+    error naming the file."""
+    from captum_fdcam.models import read_rgb
+
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise CliError(f"cannot read image {path} (not an image PIL can decode)") from err
+        return read_rgb(path)
+    # PIL's decoders raise many kinds of errors on a broken file (OSError, SyntaxError,
+    # ValueError, struct.error, DecompressionBombError, ...); all mean the same here.
+    except Exception as err:
+        raise CliError(f"cannot read image {path}: {_first_line(err)}") from err
 
 
 def check_images(paths: Sequence[Path]) -> None:
-    """Fails before any work starts if a file is not a readable image (headers only)."""
+    """Decodes every image in full, so that a broken or truncated file fails before the
+    first output is written (the images are decoded again when used: holding them all
+    would take the memory of the whole folder)."""
     for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise CliError(f"cannot read image {path} (not an image PIL can decode)") from err
+        read_image(path)
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must be a folder or a path where one can be created, and writable."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file, not a folder")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CliError(f"--out {out}: {parent} is a file, not a folder")
+    # os.access answers for the real user; as root it always says yes.
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: {parent} is not writable")
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device, checked by computing on it (``meta`` and missing backends fail)."""
+    import torch
+
     try:
         device = torch.device(name)
     except RuntimeError as err:
         raise CliError(f"unknown device {name!r}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CliError(f"--device {name}: CUDA was asked for, but no GPU is available")
+    try:
+        (torch.zeros(1, device=device) + 1).cpu()
+    # Each backend fails its own way (NotImplementedError on meta, AssertionError for a
+    # backend torch was built without, RuntimeError for a missing GPU index, ...).
+    except Exception as err:
+        raise CliError(f"--device {name} cannot run the model: {_first_line(err)}") from err
     return device
 
 
@@ -106,7 +152,9 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode on its device, its class names, and whether it is TorchScript."""
+    """A model in eval mode on its device, its class names, and whether it is TorchScript.
+
+    A TorchScript model's classes are known after :func:`probe_model` has run it."""
 
     module: nn.Module
     categories: list[str]
@@ -124,6 +172,8 @@ def load_model(
 ) -> LoadedModel:
     """The offline EfficientNet-Lite0, a torchvision architecture with a local state
     dict, or a TorchScript file."""
+    import torch
+
     if spec == OFFLINE_MODEL:
         if weights is not None:
             raise CliError(f"--weights is for torchvision architectures, not {OFFLINE_MODEL}")
@@ -134,12 +184,13 @@ def load_model(
     if path.suffix in {".pt", ".pth", ".ts", ".jit"} or path.is_file():
         if not path.is_file():
             raise CliError(f"no such model file: {path}")
+        if weights is not None:
+            raise CliError("--weights is for torchvision architectures, not TorchScript files")
         try:
             module = torch.jit.load(str(path), map_location=device)
-        except RuntimeError as err:
-            raise CliError(f"{path} is not a TorchScript file: {err}".splitlines()[0]) from err
-        out = module(torch.zeros(1, 3, 224, 224, device=device))
-        return LoadedModel(module.eval(), _class_names(out.shape[-1]), scripted=True)
+        except Exception as err:  # whatever the file holds, it is not TorchScript
+            raise CliError(f"{path} is not a TorchScript file: {_first_line(err)}") from err
+        return LoadedModel(module.eval(), [], scripted=True)
     import torchvision
 
     if spec not in torchvision.models.list_models(module=torchvision.models):
@@ -151,13 +202,27 @@ def load_model(
         raise CliError(f"--model {spec} needs --weights FILE (a local state dict; no downloads)")
     if not weights.is_file():
         raise CliError(f"no such weights file: {weights}")
-    model = torchvision.models.get_model(spec, weights=None, num_classes=num_classes)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state))
-    except (RuntimeError, OSError, AttributeError, TypeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise CliError(f"cannot load {weights} into {spec}: {first}") from err
+    # A text file, a truncated archive or a pickled model each fail differently inside
+    # torch.load (KeyError, RuntimeError, UnpicklingError, EOFError, ...).
+    except Exception as err:
+        raise CliError(
+            f"--weights {weights} is not a PyTorch checkpoint: {_first_line(err)}"
+        ) from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CliError(
+            f"--weights {weights} holds a {type(state).__name__}, not a state dict "
+            "(save model.state_dict())"
+        )
+    model = torchvision.models.get_model(spec, weights=None, num_classes=num_classes)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        hint = " (is --num-classes right?)" if "size mismatch" in str(err) else ""
+        raise CliError(f"cannot load {weights} into {spec}{hint}: {_first_line(err)}") from err
     return LoadedModel(model.eval().to(device), _class_names(num_classes))
 
 
@@ -177,23 +242,146 @@ def resolve_layer(model: LoadedModel, name: str | None) -> str:
     return found
 
 
-def check_methods(names: Sequence[str], scripted: bool) -> None:
-    """Unknown names, and layer methods on TorchScript (which has no hooks), are errors."""
+def probe_model(
+    model: LoadedModel, layer: str, size: int, device: torch.device, needs_map: bool
+) -> None:
+    """Runs the model once on a blank ``size`` x ``size`` image: the size must suit the
+    model, the output must be (1, classes), and, for layer methods, the layer must give
+    one 4-D (1, C, h, w) map per forward pass. Sets a TorchScript model's classes."""
+    import torch
+
+    shapes: list[tuple[int, ...] | str] = []
+
+    def record(module: nn.Module, inputs: Any, output: Any) -> None:
+        shapes.append(
+            tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        )
+
+    hook = None
+    if needs_map and not model.scripted:
+        hook = model.module.get_submodule(layer).register_forward_hook(record)
+    try:
+        with torch.no_grad():
+            out = model.module(torch.zeros(1, 3, size, size, device=device))
+    # Whatever the model raises on a blank image of this size (a kernel larger than the
+    # map, a pooling to 0 x 0, a fixed input size, ...): the size is the thing to change.
+    except Exception as err:
+        raise CliError(
+            f"the model cannot run on {size} x {size} images (--image-size {size}): "
+            f"{_first_line(err)}"
+        ) from err
+    finally:
+        if hook is not None:
+            hook.remove()
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CliError(f"the model's output is {got}, not (N, classes) scores of a classifier")
+    if model.scripted:
+        model.categories = _class_names(out.shape[1])
+    elif out.shape[1] != len(model.categories):
+        raise CliError(f"the model gives {out.shape[1]} scores for {len(model.categories)} classes")
+    if hook is None:
+        return
+    if not shapes:
+        raise CliError(f"--layer {layer} is not run by the model's forward pass")
+    if len(shapes) > 1:
+        raise CliError(
+            f"--layer {layer} runs {len(shapes)} times per forward pass; the layer methods "
+            "need a layer that runs once"
+        )
+    (shape,) = shapes
+    if isinstance(shape, str) or len(shape) != 4:
+        raise CliError(
+            f"--layer {layer} gives {shape}, not a 4-D (N, C, H, W) feature map: choose a "
+            "convolutional layer"
+        )
+    if min(shape[2:]) < 1:
+        raise CliError(
+            f"--layer {layer} gives a {shape[2]} x {shape[3]} map at --image-size {size}: "
+            "use larger images or an earlier layer"
+        )
+
+
+_MODEL_ARGUMENTS = {"forward_func", "model"}
+_FG_CLASSES = {"FGCam", "LayerFGCam"}
+
+
+def _method_problem(name: str, cls: type) -> str | None:
+    """Why the command line cannot run ``cls`` as it builds methods (``cls(model)``, or
+    ``cls(model, layer)`` for layer methods, then ``attribute(x, target=...)``), if so."""
     from captum.attr import LayerAttribution
 
+    if not callable(getattr(cls, "attribute", None)) or any(
+        getattr(getattr(cls, attr, None), "__isabstractmethod__", False) for attr in dir(cls)
+    ):
+        return f"{name} is a base class, not a method"
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if not parameters or parameters[0].name not in _MODEL_ARGUMENTS:
+        first = parameters[0].name if parameters else "nothing"
+        hint = "; use 'FG-' + a CAM for FG-CAM" if cls.__name__ in _FG_CLASSES else ""
+        return f"{name} wraps another method (it takes {first}, not a model){hint}"
+    given = 2 if issubclass(cls, LayerAttribution) else 1
+    missing = [p.name for p in parameters[given:] if _required(p)]
+    attribute = list(inspect.signature(cls.attribute).parameters.values())[1:]  # less self
+    missing += [p.name for p in attribute[1:] if _required(p) and p.name != "target"]
+    if missing:
+        return f"{name} needs {', '.join(missing)}, which the command line cannot pass"
+    kinds = {p.kind for p in attribute}
+    if "target" not in {p.name for p in attribute} and inspect.Parameter.VAR_KEYWORD not in kinds:
+        return f"{name} takes no target class"
+    return None
+
+
+def _required(parameter: inspect.Parameter) -> bool:
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return parameter.default is inspect.Parameter.empty and parameter.kind not in variadic
+
+
+def check_methods(names: Sequence[str]) -> dict[str, bool]:
+    """Each method's name checked (known, and runnable with only a model, a layer and a
+    target), and whether it explains a layer (FG-CAM counts: its CAM does)."""
+    from captum.attr import LayerAttribution
+    from captum.attr import LayerGradCam as CaptumLayerGradCam
+
+    from captum_fdcam import LayerCamBase
     from captum_fdcam.evaluation import method_class
     from captum_fdcam.evaluation.explain import FG_PREFIX
 
+    layered: dict[str, bool] = {}
     for name in names:
+        base = name.removeprefix(FG_PREFIX)
         try:
-            cls = method_class(name.removeprefix(FG_PREFIX))
+            cls = method_class(base)
         except (ValueError, TypeError) as err:
             raise CliError(str(err)) from err
-        if scripted and (name.startswith(FG_PREFIX) or issubclass(cls, LayerAttribution)):
+        problem = _method_problem(base, cls)
+        if problem:
+            raise CliError(problem)
+        if name.startswith(FG_PREFIX) and not issubclass(cls, (LayerCamBase, CaptumLayerGradCam)):
+            raise CliError(f"{name}: FG-CAM works over a CAM (FG-Grad-CAM, ...), not {base}")
+        layered[name] = name.startswith(FG_PREFIX) or issubclass(cls, LayerAttribution)
+    return layered
+
+
+def check_scripted(methods: dict[str, bool], scripted: bool) -> None:
+    """Layer methods on TorchScript (which has no hooks) are errors."""
+    for name, layered in methods.items():
+        if scripted and layered:
             raise CliError(
                 f"{name} needs forward hooks, which TorchScript models do not support: use a "
                 "Python model, or an input method such as IntegratedGradients or Saliency"
             )
+
+
+def prepare_model(
+    args: argparse.Namespace, methods: dict[str, bool], device: torch.device
+) -> tuple[LoadedModel, str]:
+    """The model and layer of explain and evaluate, both checked."""
+    model = load_model(args.model, args.weights, args.num_classes, device)
+    check_scripted(methods, model.scripted)
+    layer = resolve_layer(model, args.layer)
+    probe_model(model, layer, args.image_size, device, any(methods.values()))
+    return model, layer
 
 
 def _slug(name: str) -> str:
@@ -213,21 +401,26 @@ def run_explain(args: argparse.Namespace) -> list[Path]:
     """Explains each image with each method; writes ``<stem>.png`` (an overlay per
     method), ``<stem>.<method>.npy`` (the (H, W) map at the input size) and, for several
     images, ``comparison.png``. Returns the files written."""
-    from captum_fdcam.evaluation import explain
-    from captum_fdcam.models import denormalize, preprocess
-    from captum_fdcam.visualization import comparison_figure, overlay_figure
-
     paths = image_paths(args.images or [sample_image()])
-    check_images(paths)
+    out: Path = args.out
+    check_out(out)
+    methods = check_methods(args.methods)
     device = resolve_device(args.device)
-    model = load_model(args.model, args.weights, args.num_classes, device)
-    check_methods(args.methods, model.scripted)
-    layer = resolve_layer(model, args.layer)
+    check_images(paths)
+    model, layer = prepare_model(args, methods, device)
     if args.target is not None and not 0 <= args.target < len(model.categories):
         raise CliError(
             f"--target {args.target} is not a class of this model (0-{len(model.categories) - 1})"
         )
-    out: Path = args.out
+
+    import numpy as np
+    import torch
+
+    from captum_fdcam.evaluation import explain
+    from captum_fdcam.models import denormalize, preprocess
+    from captum_fdcam.visualization import comparison_figure, overlay_figure
+
+    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rows = []
     for path in _progress(paths, not args.quiet, "images"):
@@ -244,7 +437,6 @@ def run_explain(args: argparse.Namespace) -> list[Path]:
             )
             maps[method] = a[0, 0]
             written.append(out / f"{path.stem}.{_slug(method)}.npy")
-            written[-1].parent.mkdir(parents=True, exist_ok=True)
             np.save(written[-1], maps[method])
         image = denormalize(x)[0].permute(1, 2, 0).cpu().numpy()
         title = f"{path.name}: {label}" + (f", layer {layer}" if layer else "")
@@ -268,7 +460,10 @@ def _targets(folder: Path, paths: list[Path], labels: Path | None) -> dict[Path,
     try:
         pairs = read_labels(folder, labels)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        raise CliError(f"bad labels file {labels}: {err}") from err
+        message = str(err)
+        if str(labels) not in message:
+            message = f"bad labels file {labels}: {message}"
+        raise CliError(message) from err
     known = {p.resolve(): c for p, c in pairs}
     missing = [p.name for p in paths if p.resolve() not in known]
     if missing:
@@ -276,25 +471,41 @@ def _targets(folder: Path, paths: list[Path], labels: Path | None) -> dict[Path,
     return {p: known[p.resolve()] for p in paths}
 
 
+def check_labels(targets: dict[Path, int], labels: Path, classes: int) -> None:
+    """Every label must be a class of the model."""
+    wrong = [f"{p.name}: {c}" for p, c in targets.items() if not 0 <= c < classes]
+    if wrong:
+        raise CliError(
+            f"{len(wrong)} labels in {labels} are not classes of this model (0-{classes - 1}): "
+            + ", ".join(wrong[:3])
+        )
+
+
 def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Scores each method on each image with the chosen metrics; writes
     ``scores.jsonl`` (per image), ``scores.json`` and ``scores.md`` (means with bootstrap
     95% CIs) and the mean insertion/deletion curve plots. Returns the summary."""
-    from captum_fdcam.benchmark import Job, markdown, plot_curves, score_job, summarise
-    from captum_fdcam.models import preprocess
-
     paths = image_paths([args.folder])[: args.limit]
-    check_images(paths)
+    out: Path = args.out
+    check_out(out)
+    methods = check_methods(args.methods)
     labels = args.labels
     if labels is None and (Path(args.folder) / "labels.csv").is_file():
         labels = Path(args.folder) / "labels.csv"
     targets = _targets(Path(args.folder), paths, labels)
     device = resolve_device(args.device)
-    model = load_model(args.model, args.weights, args.num_classes, device)
-    check_methods(args.methods, model.scripted)
-    layer = resolve_layer(model, args.layer)
+    check_images(paths)
+    model, layer = prepare_model(args, methods, device)
+    if targets is not None and labels is not None:
+        check_labels(targets, labels, len(model.categories))
+
+    import numpy as np
+    import torch
+
+    from captum_fdcam.benchmark import Job, markdown, plot_curves, score_job, summarise
+    from captum_fdcam.models import preprocess
+
     jobs = [Job("evaluate", m, m, layer or None, metrics=tuple(args.metrics)) for m in args.methods]
-    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     records = []
     with (out / "scores.jsonl").open("w") as handle:
@@ -325,6 +536,8 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_benchmark(args: argparse.Namespace) -> Any:
+    import torch
+
     from captum_fdcam import benchmark
 
     if not args.data.is_dir():
@@ -341,6 +554,42 @@ def run_benchmark(args: argparse.Namespace) -> Any:
 # ------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line, like the command's own (argparse would print the
+    whole usage first, a dozen lines for explain)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default to its help unless the help already states it:
+    flags read "(default: off)", lists are written as typed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default is None or not action.option_strings:
+            return text
+        default = action.default
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -348,9 +597,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"{OFFLINE_MODEL} (default: the offline pretrained ImageNet model), a "
         "torchvision architecture name with --weights, or a TorchScript file",
     )
-    parser.add_argument("--weights", type=Path, help="state dict for a torchvision architecture")
     parser.add_argument(
-        "--num-classes", type=int, default=1000, help="classes of the torchvision model"
+        "--weights",
+        type=Path,
+        help="state dict for a torchvision architecture (default: none; needed with one)",
+    )
+    parser.add_argument(
+        "--num-classes", type=_positive_int, default=1000, help="classes of the torchvision model"
     )
     parser.add_argument(
         "--layer",
@@ -362,10 +615,15 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["Grad-CAM", "FD-CAM"],
         metavar="METHOD",
-        help=f"any of {', '.join(METHODS)}; 'FG-' + one of them for FG-CAM at the input; "
-        "or a Captum attribution class name (IntegratedGradients, LayerGradCam, ...)",
+        help=f"any of {', '.join(_METHOD_CLASSES)}; 'FG-' + one of them for FG-CAM at the "
+        "input; or a Captum attribution class name (IntegratedGradients, LayerGradCam, ...)",
     )
-    parser.add_argument("--image-size", type=int, default=224, help="resize/crop size")
+    parser.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=224,
+        help="images are resized to SIZE * 256 / 224 and centre-cropped to SIZE",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -373,10 +631,11 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from captum_fdcam import benchmark
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="captum-fdcam",
         description="Explain images with CAM methods, evaluate them with Quantus metrics, "
         "reproduce the papers' tables. 'captum-fdcam COMMAND --help' for each command.",
+        formatter_class=_HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -387,12 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
         "<stem>.png (the photo and an overlay per method), <stem>.<method>.npy (each map, "
         "H x W at the input size) and, for several images, comparison.png (images x "
         "methods).",
+        formatter_class=_HelpFormatter,
     )
     explain.add_argument(
         "images",
         nargs="*",
-        help="image files and/or folders of images (default: the bundled sample photo, "
-        "scikit-image's chelsea)",
+        help="image files and/or folders of images; a folder contributes its image files, "
+        "hidden files skipped (default: the bundled sample photo, scikit-image's chelsea)",
     )
     _add_model_arguments(explain)
     explain.add_argument("--target", type=int, help="class to explain (default: top prediction)")
@@ -405,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scores each method on each image of FOLDER and writes, to --out, "
         "scores.jsonl (per image), scores.json and scores.md (means with bootstrap 95%% "
         "CIs) and the mean insertion/deletion curves as PNG.",
+        formatter_class=_HelpFormatter,
     )
     evaluate.add_argument("folder", help="folder of images")
     evaluate.add_argument(
@@ -419,15 +680,18 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=EVALUATION_METRICS,
         default=["insertion", "deletion", "average_drop", "average_increase"],
+        metavar="METRIC",
+        help=f"any of {', '.join(EVALUATION_METRICS)}",
     )
-    evaluate.add_argument("--limit", type=int, help="first N images only")
+    evaluate.add_argument("--limit", type=_positive_int, help="first N images only (default: all)")
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder")
     evaluate.set_defaults(handler=run_evaluate)
 
     bench = sub.add_parser(
         "benchmark",
         help="reproduce the papers' tables on a labelled image folder",
-        description=benchmark.__doc__.split("\n\n")[0],
+        description=(benchmark.__doc__ or "").split("\n\n")[0],
+        formatter_class=_HelpFormatter,
     )
     benchmark.add_arguments(bench)
     bench.set_defaults(handler=run_benchmark)

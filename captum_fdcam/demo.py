@@ -24,6 +24,7 @@ from captum_fdcam.models import (
     efficientnet_lite0,
     imagenet_categories,
     preprocess,
+    read_rgb,
 )
 from captum_fdcam.visualization import overlay_figure, upsample
 
@@ -33,9 +34,7 @@ def _load_image(path: str | None) -> np.ndarray:
         from skimage import data
 
         return data.chelsea()
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.asarray(read_rgb(path))
 
 
 def main(argv: list[str] | None = None) -> Path:

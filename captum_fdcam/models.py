@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
@@ -86,11 +88,53 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     return model.eval()
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, with 16-bit (and 32-bit integer) greyscale scaled to 0-255.
+
+    PIL's own ``convert("RGB")`` clips a 16-bit image (modes ``I;16``, ``I;16B``, ...;
+    ``I`` in older Pillow versions) at 255, which turns almost every pixel white.
+    Integer images are taken as 16-bit (divided by 257, so that 65535 is 255); 32-bit
+    float images (mode ``F``) must hold values in [0, 1]. 16-bit RGB PNGs need nothing:
+    PIL reads them as 8-bit RGB.
+
+    Raises:
+        ValueError: a float image with values outside [0, 1], or a mode PIL cannot
+            convert to RGB.
+    """
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64) / 257
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and not (
+            np.isfinite(values).all() and 0 <= values.min() <= values.max() <= 1
+        ):
+            raise ValueError(
+                "a 32-bit float image needs values in [0, 1], got "
+                f"{values.min():g} to {values.max():g}"
+            )
+        image = Image.fromarray(np.rint(values * 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """The image file ``path``, fully decoded, as 8-bit RGB (see :func:`to_rgb`).
+
+    Raises:
+        OSError: not an image PIL can read, or a truncated one (decoding reads it all).
+        ValueError: see :func:`to_rgb`.
+    """
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
 def preprocess(image: Image.Image | Any, size: int = 224) -> Tensor:
     """The usual ImageNet preprocessing: resize 256, centre crop 224, mean/std.
 
     Args:
-        image: a PIL image or an (H, W, 3) uint8 array; greyscale is converted to RGB.
+        image: a PIL image or an (H, W, 3) or (H, W) uint8 or uint16 array; greyscale
+            is converted to RGB, 16-bit images scaled to 8 bits (:func:`to_rgb`).
         size: the crop size (the resize is ``size * 256 / 224``).
 
     Returns:
@@ -99,7 +143,10 @@ def preprocess(image: Image.Image | Any, size: int = 224) -> Tensor:
     from torchvision.transforms import v2
 
     if not isinstance(image, Image.Image):
-        image = Image.fromarray(image)
+        array = np.asarray(image)
+        if array.dtype == np.uint16:  # PIL has no 16-bit RGB mode
+            array = np.rint(array / 257).astype(np.uint8)
+        image = Image.fromarray(array)
     transform = v2.Compose(
         [
             v2.ToImage(),
@@ -109,7 +156,7 @@ def preprocess(image: Image.Image | Any, size: int = 224) -> Tensor:
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-    return transform(image.convert("RGB")).unsqueeze(0)
+    return transform(to_rgb(image)).unsqueeze(0)
 
 
 def denormalize(x: Tensor) -> Tensor:
