@@ -208,12 +208,9 @@ def read_labels(
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    from PIL import Image
+    from captum_fdcam.models import preprocess, read_rgb
 
-    from captum_fdcam.models import preprocess
-
-    with Image.open(path) as image:
-        return preprocess(image, size=size)
+    return preprocess(read_rgb(path), size=size)  # the command line's loader
 
 
 @dataclass(frozen=True)
