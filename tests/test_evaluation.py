@@ -225,6 +225,22 @@ def test_explain_by_captum_name_class_and_fg_prefix(resnet: nn.Module, photos) -
     np.testing.assert_allclose(fg, expected.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_explain_sums_the_channels_of_captum_layer_methods(resnet: nn.Module, photos) -> None:
+    """Captum layer methods that return one map per channel (LayerGradientXActivation)
+    give one map, the channel sum, as the docstring says (the first channel before)."""
+    from captum.attr import LayerGradientXActivation
+
+    x, y = photos
+    got = explain(resnet, x, y, method="LayerGradientXActivation", layer="layer4")
+    per_channel = LayerGradientXActivation(resnet, resnet.layer4).attribute(
+        torch.from_numpy(x), target=torch.from_numpy(y)
+    )
+    assert per_channel.shape[1] == 512
+    summed = LayerAttribution.interpolate(per_channel, (64, 64), "bilinear").sum(1, keepdim=True)
+    assert got.shape == (3, 1, 64, 64)
+    np.testing.assert_allclose(got, summed.detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_explain_errors(resnet: nn.Module, photos) -> None:
     x, y = photos
     with pytest.raises(ValueError, match="Unknown method"):

@@ -163,7 +163,9 @@ def explain(
         attr = attribution.attribute(chunk, target=y[start : start + batch_size], **options)
         if is_layer:
             attr = LayerAttribution.interpolate(attr, tuple(chunk.shape[-2:]), "bilinear")
-        elif attr.shape[1] != 1:
+        if attr.shape[1] != 1:
+            # Input attributions per colour channel, and layer attributions per channel
+            # (Captum's LayerConductance, LayerGradientXActivation, ...): one map each.
             attr = attr.sum(dim=1, keepdim=True)
         maps.append(attr.detach().float().cpu())
     return torch.cat(maps).numpy()
