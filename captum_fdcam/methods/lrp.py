@@ -142,4 +142,13 @@ class SGLRP(PropagationLRP):
         mask = _target_mask(output, target)
         p = torch.softmax(output, dim=1)
         p_target = (mask * p).sum(dim=1, keepdim=True)
-        return p_target * (mask - p)
+        # 1 - p_t as the sum of the other probabilities, not as 1 - p_t: when the
+        # target is confidently classified, p_t is rounded to the dtype's spacing
+        # near 1 (6e-8 in float32), so 1 - p_t keeps little but that rounding (or is
+        # exactly 0), and R_t no longer cancels sum_k R_k. The leftover total then
+        # propagates like an LRP map and swamps the contrastive difference, which is
+        # far smaller (float32 against float64: cosine -0.4 to 0.5 at 1 - p_t ~ 1e-9).
+        # The sum is exact to rounding relative to itself, at every p_t and in either
+        # dtype, and cancels the other classes' relevance to rounding.
+        rest = ((1 - mask) * p).sum(dim=1, keepdim=True)
+        return p_target * (mask * rest - (1 - mask) * p)
