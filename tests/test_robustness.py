@@ -35,7 +35,16 @@ from captum.attr import LayerGradCam as CaptumLayerGradCam
 from conftest import SmallCNN
 from torch import Tensor, nn
 
-from captum_fdcam import METHODS, FGCam, LayerFGCam, LayerGradCam, LayerScoreCam
+from captum_fdcam import (
+    CLRP,
+    METHODS,
+    SGLRP,
+    FGCam,
+    LayerFGCam,
+    LayerGradCam,
+    LayerScoreCam,
+    PropagationLRP,
+)
 from captum_fdcam.methods.switching import cosine_similarity_matrix, similarity_groups
 
 GRADIENT = ["Grad-CAM", "Grad-CAM++", "XGrad-CAM", "Layer-CAM"]
@@ -762,3 +771,15 @@ def test_non_finite_score_of_a_switched_copy_is_an_error_not_a_fallback() -> Non
         warnings.simplefilter("error")  # no "falling back to full forward passes" warning
         with pytest.raises(ValueError, match="NaN or infinite on a perturbed copy"):
             METHODS["Ablation-CAM"](model, model.relu).attribute(x, 0)
+
+
+@pytest.mark.parametrize("method", [PropagationLRP, CLRP, SGLRP], ids=lambda m: m.__name__)
+def test_train_mode_lrp_leaves_the_buffers(method: type) -> None:
+    torch.manual_seed(15)
+    model = _BatchNormDropout().train()
+    before = copy.deepcopy(model.state_dict())
+    relevance = method(model).attribute(torch.randn(2, 3, 8, 8), target=[0, 3])
+    assert torch.isfinite(relevance).all()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert model.training

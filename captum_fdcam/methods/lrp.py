@@ -35,6 +35,7 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
+from captum_fdcam._core.base import attribution_call
 from captum_fdcam._core.validation import check_inputs, target_rows
 from captum_fdcam.propagation import RuleAssignment, ZBoxRule, propagate
 from captum_fdcam.propagation.assignment import RuleSpec
@@ -106,13 +107,15 @@ class PropagationLRP(GradientAttribution):
         """
         formatted = _format_tensor_into_tuples(inputs)
         check_inputs(formatted)
-        relevance = propagate(
-            self.model,
-            RuleAssignment(self.rules, self.input_rule),
-            formatted,
-            _format_additional_forward_args(additional_forward_args),
-            start_relevance=lambda output: self.output_relevance(output, target),
-        )
+        # As every attribution here: compiled parts eager, a train-mode model's buffers back.
+        with attribution_call(self.model, type(self).__name__, perturbs=False):
+            relevance = propagate(
+                self.model,
+                RuleAssignment(self.rules, self.input_rule),
+                formatted,
+                _format_additional_forward_args(additional_forward_args),
+                start_relevance=lambda output: self.output_relevance(output, target),
+            )
         return _format_output(_is_tuple(inputs), relevance)
 
 
