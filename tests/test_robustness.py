@@ -783,3 +783,23 @@ def test_train_mode_lrp_leaves_the_buffers(method: type) -> None:
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert model.training
+
+
+def test_a_wrapper_around_an_eval_model_does_not_warn() -> None:
+    """A wrapper module made after model.eval() is in training mode by default but has
+    nothing of its own that training mode changes: no warning."""
+
+    class Probabilities(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net(x).softmax(-1)
+
+    net = _BatchNormDropout().eval()
+    wrapped = Probabilities(net)
+    assert wrapped.training
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LayerScoreCam(wrapped, net.features[3]).attribute(torch.randn(2, 3, 8, 8), target=[0, 1])

@@ -81,7 +81,13 @@ def warn_if_training(model: Module, method: str) -> None:
     (so they change with ``perturbations_per_eval``) and from random dropout masks (modules
     or functional, which no module list shows): the map is not the model's explanation.
     """
-    if not any(m.training for m in model.modules()):
+    # A module with weights or buffers of its own in training mode: a wrapper created
+    # around a model in eval mode (training by default, computing nothing of its own)
+    # does not count; a model put in training mode does, dropout modules or not.
+    if not any(
+        m.training and (m._parameters or m._buffers or isinstance(m, _TRAIN_MODE_DEPENDENT))
+        for m in model.modules()
+    ):
         return
     listed = [
         name
