@@ -22,19 +22,7 @@ from numbers import Integral
 
 from torch import Tensor
 
-
-def _is_integer(value: object) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _integer(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int (Python or numpy integers), at least ``minimum``."""
-    if not _is_integer(value):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
-    number = int(value)  # type: ignore[call-overload]
-    if number < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {number}.")
-    return number
+from captum_fdcam._core.validation import check_integer, python_scalar
 
 
 class TokensToGrid:
@@ -51,14 +39,15 @@ class TokensToGrid:
     """
 
     def __init__(self, prefix_tokens: int = 1, grid_size: int | tuple[int, int] | None = None):
-        self.prefix_tokens = _integer("prefix_tokens", prefix_tokens, minimum=0)
+        self.prefix_tokens = check_integer("prefix_tokens", prefix_tokens, minimum=0)
         if grid_size is None:
             self.grid_size: tuple[int, int] | None = None
         else:
-            sides = (grid_size, grid_size) if _is_integer(grid_size) else tuple(grid_size)
+            single = isinstance(python_scalar(grid_size), Integral)
+            sides = (grid_size, grid_size) if single else tuple(grid_size)
             if len(sides) != 2:
                 raise ValueError(f"grid_size must be one int or (h, w), got {grid_size!r}.")
-            h, w = (_integer("grid_size", side, minimum=1) for side in sides)
+            h, w = (check_integer("grid_size", side) for side in sides)
             self.grid_size = (h, w)
 
     def __call__(self, tokens: Tensor) -> Tensor:

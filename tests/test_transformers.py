@@ -374,9 +374,9 @@ def test_ready_transforms_check_their_input() -> None:
         ChannelsLastToFirst()(torch.zeros(2, 17, 16))
     with pytest.raises(ValueError, match="prefix_tokens"):
         TokensToGrid(prefix_tokens=-1)
-    with pytest.raises(TypeError, match="prefix_tokens must be an int"):
+    with pytest.raises(TypeError, match="prefix_tokens must be an integer"):
         TokensToGrid(prefix_tokens=True)
-    with pytest.raises(ValueError, match="grid_size must be >= 1"):
+    with pytest.raises(ValueError, match="grid_size must be a positive integer"):
         TokensToGrid(grid_size=(0, 4))
     # numpy integers wherever ints are
     same = TokensToGrid(prefix_tokens=np.int64(2), grid_size=np.int32(4))

@@ -37,6 +37,21 @@ def _as_tensor_tuple(value: Any, layer_name: str, where: str) -> tuple[tuple[Ten
     )
 
 
+def this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """``hook``, acting only on the forward passes of the thread that wraps it.
+
+    Module hooks see every thread's calls of the module (process-wide hooks, every
+    module's): an attribution's hooks must leave other threads' forward passes alone,
+    plain inference on the same model or another attribution alike.
+    """
+    thread = threading.get_ident()
+
+    def guarded(*args: Any) -> Any:
+        return hook(*args) if threading.get_ident() == thread else None
+
+    return guarded
+
+
 class LayerCapture:
     """Context manager recording the activations of ``layer`` during one forward pass.
 
@@ -74,7 +89,6 @@ class LayerCapture:
         self.replace = replace
         self.layout = layout or FeatureLayout(None, layer_name)
         self.calls = 0
-        self._thread = threading.get_ident()
         self._activations: tuple[Tensor, ...] | None = None
         self._handle: RemovableHandle | None = None
 
@@ -122,22 +136,18 @@ class LayerCapture:
         return type(value)(passed) if isinstance(value, list) else passed
 
     def _forward_hook(self, module: Module, args: Any, output: Any) -> Any:
-        if threading.get_ident() != self._thread:
-            return None  # another thread's forward pass through the same model
         return self._capture(output, "output")
 
     def _forward_pre_hook(self, module: Module, args: tuple[Any, ...]) -> Any:
-        if threading.get_ident() != self._thread:
-            return None
         replaced = self._capture(args, "input")
         return replaced if isinstance(replaced, tuple) else (replaced,)
 
     def __enter__(self) -> LayerCapture:
-        self._thread = threading.get_ident()
         if self.attribute_to_layer_input:
-            self._handle = self.layer.register_forward_pre_hook(self._forward_pre_hook)
+            hook = this_thread_only(self._forward_pre_hook)
+            self._handle = self.layer.register_forward_pre_hook(hook)
         else:
-            self._handle = self.layer.register_forward_hook(self._forward_hook)
+            self._handle = self.layer.register_forward_hook(this_thread_only(self._forward_hook))
         return self
 
     def __exit__(

@@ -24,7 +24,6 @@ caller falls back to full forward passes.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -37,6 +36,8 @@ from torch.nn.modules.module import (
     register_module_forward_pre_hook,
 )
 from torch.utils.hooks import RemovableHandle
+
+from captum_fdcam._core.hooks import this_thread_only
 
 
 class ReplayError(RuntimeError):
@@ -90,19 +91,9 @@ class _GlobalHooks:
     """
 
     def __enter__(self) -> _GlobalHooks:
-        thread = threading.get_ident()
-
-        def pre(module: Module, args: tuple[Any, ...]) -> Any:
-            return self._pre(module, args) if threading.get_ident() == thread else None
-
-        def post(module: Module, args: tuple[Any, ...], output: Any) -> Any:
-            if threading.get_ident() != thread:
-                return None
-            return self._post(module, args, output)
-
         self._handles: list[RemovableHandle] = [
-            register_module_forward_pre_hook(pre),
-            register_module_forward_hook(post),
+            register_module_forward_pre_hook(this_thread_only(self._pre)),
+            register_module_forward_hook(this_thread_only(self._post)),
         ]
         return self
 

@@ -27,7 +27,6 @@ the module.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,20 +38,10 @@ from torch import Tensor, nn
 from torch.nn import Module
 from torch.utils.hooks import RemovableHandle
 
+from captum_fdcam._core.hooks import this_thread_only
 from captum_fdcam._core.validation import layer_name
 from captum_fdcam.propagation.assignment import PASSTHROUGH, RuleAssignment, unsupported_reason
 from captum_fdcam.propagation.rules import relevance_ratio, rule_ratio, rule_relevance
-
-
-def _this_thread_only(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """``hook`` for the forward passes of the thread that registers it; other threads
-    running the same model (plain inference beside an attribution) pass untouched."""
-    thread = threading.get_ident()
-
-    def guarded(*args: Any) -> Any:
-        return hook(*args) if threading.get_ident() == thread else None
-
-    return guarded
 
 
 class _StopForward(Exception):
@@ -126,7 +115,7 @@ class _Session:
 
     def install(self) -> None:
         self.input_relevance = [torch.zeros_like(x) for x in self.leaves]
-        own = _this_thread_only
+        own = this_thread_only
         for module in self.model.modules():
             self.handles.append(module.register_forward_pre_hook(own(self._pre)))
             self.handles.append(module.register_forward_hook(own(self._post)))
