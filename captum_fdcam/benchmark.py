@@ -238,15 +238,6 @@ def _relative(path: Path, folder: Path) -> str:
         return str(path)
 
 
-def _has_images(folder: Path) -> bool:
-    from captum_fdcam.cli import IMAGE_SUFFIXES
-
-    return any(
-        p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-        for p in folder.iterdir()
-    )
-
-
 # ------------------------------------------------------------------- evaluation
 
 
@@ -647,6 +638,8 @@ def _adopt(
 def prepare(args: argparse.Namespace) -> Plan:
     """Checks the arguments, the data and --out, without writing anything or loading
     the model. Raises the command line's error (one line, exit code 2)."""
+    from captum_fdcam.cli import folder_images
+
     if args.limit is not None and args.limit < 1:
         raise _usage_error(f"--limit must be at least 1 (got {args.limit})")
     if args.image_size < MIN_IMAGE_SIZE:
@@ -661,7 +654,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     data: Path = args.data
     if not data.is_dir():
         raise _usage_error(f"no such folder: {data}")
-    if args.labels is None and not (data / "labels.csv").is_file() and not _has_images(data):
+    if args.labels is None and not (data / "labels.csv").is_file() and not folder_images(data):
         raise _usage_error(f"no images in {data} (hidden files and sub-folders are skipped)")
     try:
         rows = read_labels(data, args.labels, num_classes=NUM_CLASSES)

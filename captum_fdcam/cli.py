@@ -60,22 +60,27 @@ def _first_line(err: BaseException) -> str:
 # ------------------------------------------------------------------------- inputs
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The images of a folder, sorted by name: its files with an image suffix. Hidden files
+    (``.DS_Store``, the ``._photo.jpg`` AppleDouble files macOS leaves on shared drives),
+    sub-folders and other files are skipped."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
 def image_paths(specs: Sequence[str | Path]) -> list[Path]:
     """The images named on the command line: files as given, folders by image suffix.
 
-    A folder contributes its files with an image suffix, sorted by name; hidden files
-    (``.DS_Store``, the ``._photo.jpg`` AppleDouble files macOS leaves on shared drives),
-    sub-folders and other files are skipped.
+    A folder contributes its images (:func:`folder_images`).
     """
     paths: list[Path] = []
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-            )
+            found = folder_images(path)
             if not found:
                 raise CliError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
             paths += found
