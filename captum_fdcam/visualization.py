@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from captum.attr import LayerAttribution
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def normalize_map(cam: Tensor) -> np.ndarray:
@@ -49,7 +52,7 @@ def _overlay(ax: Any, image: np.ndarray, cam: Tensor | np.ndarray | None, alpha:
         image,
         method="blended_heat_map",
         sign="positive",
-        cmap="jet",
+        cmap=OVERLAY_CMAP,
         alpha_overlay=alpha,
         plt_fig_axis=(ax.figure, ax),
         use_pyplot=False,
@@ -60,12 +63,91 @@ def _as_tensor(cam: Tensor | np.ndarray) -> Tensor:
     return cam if isinstance(cam, Tensor) else torch.from_numpy(np.asarray(cam))
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+#: What the overlays' colours mean. Captum's blended heat map shows each map's positive
+#: part divided by the value at which its sorted cumulative sum reaches 98 % of the total,
+#: clipped to 1, so every map is on its own 0-1 scale.
+OVERLAY_SCALE = "relevance per map: positive part / its 98th cumulative-sum percentile (0-1)"
+
+#: The colour map of every overlay.
+OVERLAY_CMAP = "jet"
+
+
+def figure_grid(rows: int, columns: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure with a (rows, columns) array of axes, laid out by matplotlib's constrained
+    layout (which, unlike ``tight_layout``, leaves room for a figure-wide colour bar)."""
+    fig, axes = _pyplot().subplots(
+        rows, columns, figsize=figsize, squeeze=False, layout="constrained"
+    )
+    return fig, axes
+
+
+def figure_title(fig: Figure, title: str | None = None, *, layer: str | None = None) -> None:
+    """Writes the figure's title, with a line "layer: <name>" under it when ``layer`` is
+    given (so a reader knows which layer the maps explain)."""
+    lines = [line for line in (title, None if layer is None else f"layer: {layer}") if line]
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=10)
+
+
+def add_colorbar(
+    fig: Figure,
+    axes: np.ndarray | Sequence[Any],
+    label: str = OVERLAY_SCALE,
+    *,
+    cmap: str = OVERLAY_CMAP,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> Any:
+    """A horizontal colour bar under ``axes`` for ``cmap`` on [vmin, vmax], with ``label``
+    saying what the colours mean. Returns the matplotlib ``Colorbar``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(vmin=vmin, vmax=vmax), cmap=cmap)
+    bar = fig.colorbar(
+        mappable,
+        ax=list(np.asarray(axes, dtype=object).flat),
+        location="bottom",
+        shrink=0.6,
+        aspect=40,
+    )
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Writes ``fig`` to ``path`` (parent folders are created) and closes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     _pyplot().close(fig)
     return path
+
+
+def build_overlay_figure(
+    image: np.ndarray,
+    maps: Mapping[str, Tensor | np.ndarray],
+    title: str | None = None,
+    alpha: float = 0.5,
+    max_columns: int = 5,
+    *,
+    layer: str | None = None,
+) -> Figure:
+    """The figure of :func:`overlay_figure`, not yet written (for callers that add to it)."""
+    panels = [("input", None), *maps.items()]
+    columns = min(len(panels), max_columns)
+    rows = -(-len(panels) // columns)
+    # 0.5 inch more for the colour bar and its label.
+    fig, axes = figure_grid(rows, columns, (2.6 * columns, 2.8 * rows + 0.5))
+    for ax, (name, cam) in zip(axes.flat, panels, strict=False):
+        _overlay(ax, image, cam, alpha)
+        ax.set_title(name)
+    for ax in axes.flat:
+        ax.axis("off")
+    figure_title(fig, title, layer=layer)
+    add_colorbar(fig, axes)
+    return fig
 
 
 def overlay_figure(
@@ -75,8 +157,11 @@ def overlay_figure(
     title: str | None = None,
     alpha: float = 0.5,
     max_columns: int = 5,
+    *,
+    layer: str | None = None,
 ) -> Path:
-    """Writes a figure: the photo, then the photo overlaid with each map.
+    """Writes a figure: the photo, then the photo overlaid with each map, and a colour bar
+    saying what the colours mean (:data:`OVERLAY_SCALE`).
 
     Args:
         image: (H, W, 3) RGB image in [0, 1].
@@ -85,48 +170,30 @@ def overlay_figure(
         title: optional figure title.
         alpha: opacity of the heat map.
         max_columns: panels per row; more panels wrap to further rows.
+        layer: name of the layer the maps explain, written under the title.
 
     Returns:
         The path written.
     """
-    plt = _pyplot()
-    panels = [("input", None), *maps.items()]
-    columns = min(len(panels), max_columns)
-    rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
-    for ax, (name, cam) in zip(axes.flat, panels, strict=False):
-        _overlay(ax, image, cam, alpha)
-        ax.set_title(name)
-    for ax in axes.flat:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    fig = build_overlay_figure(image, maps, title, alpha, max_columns, layer=layer)
+    return save_figure(fig, path)
 
 
-def comparison_figure(
+def build_comparison_figure(
     rows: Sequence[tuple[str, np.ndarray, Mapping[str, Tensor | np.ndarray]]],
-    path: str | Path,
     alpha: float = 0.5,
-) -> Path:
-    """Writes a method-comparison grid: one row per image, one column per method.
-
-    Args:
-        rows: (row label, (H, W, 3) image in [0, 1], method -> map at the image's size);
-            every row must have the same methods.
-        path: where to write the figure (PNG).
-        alpha: opacity of the heat map.
-
-    Returns:
-        The path written.
-    """
+    *,
+    title: str | None = None,
+    layer: str | None = None,
+) -> Figure:
+    """The figure of :func:`comparison_figure`, not yet written."""
     if not rows:
         raise ValueError("comparison_figure needs at least one row.")
     methods = list(rows[0][2])
-    plt = _pyplot()
     shape = (len(rows), len(methods) + 1)
-    fig, axes = plt.subplots(*shape, figsize=(2.2 * shape[1], 2.3 * shape[0]), squeeze=False)
+    # 0.5 inch more for the colour bar, 0.4 for a title.
+    extra = 0.5 + (0.4 if title or layer else 0.0)
+    fig, axes = figure_grid(*shape, (2.2 * shape[1], 2.3 * shape[0] + extra))
     for r, (label, image, maps) in enumerate(rows):
         if list(maps) != methods:
             raise ValueError(f"Row {label!r} has methods {list(maps)}, expected {methods}.")
@@ -138,8 +205,34 @@ def comparison_figure(
                 axes[r, c].set_title(method, fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    return _save(fig, path)
+    figure_title(fig, title, layer=layer)
+    add_colorbar(fig, axes)
+    return fig
+
+
+def comparison_figure(
+    rows: Sequence[tuple[str, np.ndarray, Mapping[str, Tensor | np.ndarray]]],
+    path: str | Path,
+    alpha: float = 0.5,
+    *,
+    title: str | None = None,
+    layer: str | None = None,
+) -> Path:
+    """Writes a method-comparison grid: one row per image, one column per method, and a
+    colour bar saying what the colours mean (:data:`OVERLAY_SCALE`).
+
+    Args:
+        rows: (row label, (H, W, 3) image in [0, 1], method -> map at the image's size);
+            every row must have the same methods.
+        path: where to write the figure (PNG).
+        alpha: opacity of the heat map.
+        title: optional figure title.
+        layer: name of the layer the maps explain, written under the title.
+
+    Returns:
+        The path written.
+    """
+    return save_figure(build_comparison_figure(rows, alpha, title=title, layer=layer), path)
 
 
 def curves_figure(
@@ -161,4 +254,4 @@ def curves_figure(
         ax.set_title(title)
     ax.legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
