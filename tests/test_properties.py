@@ -217,9 +217,8 @@ def test_switch_scores_equal_full_forward_passes(
     keep = torch.tensor(rows, dtype=torch.bool)
     score = "probability" if probability else "logit"
     cam = LayerAblationCam(case.model, case.model.layer, score=score)
-    state = cam._layer_state(case.x, case.targets, None, False, None, per_eval)
-    assert state.engine is not None
-    activation = state.activations[0][sample]
+    (state,) = cam.layer_state(case.x, target=case.targets, perturbations_per_eval=per_eval)
+    activation = state.activation[sample]
     reference = state.engine.reference(sample, score)
     got = state.engine.switch_scores(sample, activation, keep, reference, score)
     copies = activation[None] * keep[:, :, None, None].to(activation.dtype)
@@ -248,8 +247,7 @@ def test_input_scores_equal_full_forward_passes(
         return (image * scales[start:stop, None, None, None],)
 
     cam = LayerScoreCam(case.model, case.model.layer)
-    state = cam._layer_state(case.x, case.targets, None, False, None, per_eval)
-    assert state.engine is not None
+    (state,) = cam.layer_state(case.x, target=case.targets, perturbations_per_eval=per_eval)
     got = state.engine.input_scores(sample, count, make_inputs, "probability")
     with torch.no_grad():
         out = case.model(image * scales[:, None, None, None]).softmax(dim=1)

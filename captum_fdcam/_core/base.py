@@ -1,6 +1,6 @@
 """The shared base of every CAM in this library.
 
-A CAM method only says how its channel weights are computed (``_weights``); this
+A CAM method only says how its channel weights are computed (``weights``); this
 module runs the forward pass with the layer hooked, selects and checks the
 targets, takes the gradients when the method needs them, and turns weights into
 the map ``sum_k w_k A^k`` exactly as Captum's ``LayerGradCam`` does (ReLU on
@@ -13,12 +13,12 @@ import contextlib
 import os
 import sys
 import warnings
-from abc import abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import captum
 import torch
@@ -49,6 +49,7 @@ from captum_fdcam._core.validation import (
     select_target_scores,
     target_rows,
 )
+from captum_fdcam.errors import LayerError, NonFiniteError
 
 #: Modules whose forward pass depends on ``training`` in a way that couples the rows of
 #: a batch (batch statistics) or makes passes random (dropout).
@@ -142,20 +143,19 @@ def attribution_call(
 
 
 @dataclass(frozen=True)
-class LayerState:
-    """What one forward (and backward) pass tells about the target layer.
+class CamState:
+    """What the forward pass tells about one feature map of the layer: the input of the
+    hooks a method overrides (:meth:`LayerCamBase.terms`, :meth:`WeightedLayerCam.weights`).
+
+    A layer with several outputs (inputs) gives one state per feature map.
 
     Attributes:
         inputs: the formatted inputs, a tuple of tensors (N, ...).
         target: the target as the user gave it.
         additional_forward_args: formatted additional arguments of the model.
         scores: (N,) the score of each example's target (detached).
-        activations: the layer's activations, each (N, K, h, w), detached.
-        gradients: d scores / d activations, each (N, K, h, w); ``None`` for
-            methods that do not use gradients.
-        engine: evaluates perturbed copies of the examples; ``None`` for the
-            gradient-only methods.
-        layout: how the layer's own output became ``activations`` (the
+        activation: (N, K, h, w) the layer's feature map, detached.
+        layout: how the layer's own output became ``activation`` (the
             ``reshape_transform``), to put maps back into the layer's layout.
     """
 
@@ -163,21 +163,60 @@ class LayerState:
     target: TargetType
     additional_forward_args: Any
     scores: Tensor
-    activations: tuple[Tensor, ...]
-    gradients: tuple[Tensor, ...] | None
-    engine: PerturbationEngine | None = None
-    layout: FeatureLayout | None = None
+    activation: Tensor
+    layout: FeatureLayout
 
 
-class LayerCamBase(LayerAttribution):
-    """Shared machinery of the CAM attributions: hooks, targets, maps, checks.
+@dataclass(frozen=True)
+class GradientCamState(CamState):
+    """:class:`CamState` of a method that uses gradients (:class:`GradientLayerCam`).
 
-    Subclasses set :attr:`requires_gradients` and implement :meth:`_weights`.
+    Attributes:
+        gradient: (N, K, h, w) d scores / d ``activation``.
     """
 
-    #: Whether :meth:`_weights` needs the gradients of the target score.
+    gradient: Tensor
+
+
+@dataclass(frozen=True)
+class PerturbationCamState(CamState):
+    """:class:`CamState` of a method that evaluates perturbed copies
+    (:class:`PerturbationLayerCam`).
+
+    Attributes:
+        engine: evaluates perturbed copies of the examples (of the input, or of the
+            layer's channels with only the network after the layer running).
+    """
+
+    engine: PerturbationEngine
+
+
+@dataclass(frozen=True)
+class GradientPerturbationCamState(GradientCamState, PerturbationCamState):
+    """:class:`CamState` with both ``gradient`` and ``engine``
+    (:class:`GradientPerturbationLayerCam`: FD-CAM, Group-CAM)."""
+
+
+StateT = TypeVar("StateT", bound=CamState)
+
+
+class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
+    """Shared machinery of the CAM attributions: hooks, targets, maps, checks.
+
+    An abstract class: a method implements :meth:`terms` (or, through
+    :class:`WeightedLayerCam` and its families, only :meth:`weights`). The hooks a
+    method may override, each getting the :class:`CamState` of one feature map:
+
+    - :meth:`terms` (abstract): the map split into terms, summed over dimension 1;
+    - :meth:`components`: the map split over the K channels, FG-CAM's input;
+    - :meth:`check_inputs`: checks of the method's own, before the model runs.
+    """
+
+    #: Whether the method needs the gradients of the target score (its state then is a
+    #: :class:`GradientCamState`).
     requires_gradients: ClassVar[bool] = True
-    #: Whether the method evaluates perturbed copies (then ``state.engine`` is set).
+    #: Whether the method evaluates perturbed copies (its state then is a
+    #: :class:`PerturbationCamState`).
     uses_perturbations: ClassVar[bool] = False
     #: Whether the method switches the layer's channels (then the reference pass
     #: records what runs before the layer, to evaluate only what follows it).
@@ -218,38 +257,80 @@ class LayerCamBase(LayerAttribution):
         self.reshape_transform = reshape_transform
 
     @abstractmethod
-    def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
-        """Weights of the activation's channels, shape (N, K, 1, 1) or (N, K, h, w).
+    def terms(self, state: StateT) -> Tensor:
+        """The terms of the map, whose sum over dimension 1 is the map.
 
         Args:
-            activation: (N, K, h, w) activations of the layer.
-            gradient: (N, K, h, w) gradient of the target score with respect to
-                ``activation``, or ``None`` when :attr:`requires_gradients` is False.
-            state: everything else the forward pass produced.
+            state: the feature map ``state.activation`` (N, K, h, w) and what the
+                forward pass produced with it.
+
+        Returns:
+            (N, T, h, w): T terms per location, e.g. ``w_k A^k`` for K channels.
         """
 
-    def _layer_state(
+    def components(self, state: StateT) -> Tensor:
+        """The map split over the layer's K channels, (N, K, h, w): FG-CAM's input.
+
+        :meth:`terms` by default; a method whose terms are not per channel (Group-CAM)
+        splits them over the channels here, so that they still sum to the map.
+        """
+        return self.terms(state)
+
+    def check_inputs(self, inputs: tuple[Tensor, ...]) -> None:
+        """Checks of the method's own on the formatted inputs (N, ...), run before the
+        model: nothing by default (the shared checks have run already)."""
+
+    def format_inputs(self, inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The inputs as a tuple of tensors, checked: the shared checks (floating point,
+        finite, one batch size, at least one example), then :meth:`check_inputs`."""
+        formatted = _format_tensor_into_tuples(inputs)
+        check_inputs(formatted)
+        self.check_inputs(formatted)
+        return formatted
+
+    def layer_state(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        target: TargetType,
-        additional_forward_args: Any,
-        attribute_to_layer_input: bool,
-        grad_kwargs: dict[str, Any] | None,
+        *,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        grad_kwargs: dict[str, Any] | None = None,
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
         record_graph: bool = False,
-    ) -> LayerState:
+        inputs_checked: bool = False,
+    ) -> tuple[StateT, ...]:
         """Runs the forward pass (and the backward pass to the layer when needed).
 
-        ``record_graph`` keeps gradients on before the layer, for a caller that
-        also propagates through that part of the same pass (FG-CAM).
+        ``attribute`` runs it; a method combining another CAM (FG-CAM) calls it, then
+        the hooks on what it returns, inside the same guards as ``attribute``
+        (compiled parts of the model run eagerly, see :func:`attribution_call`).
+
+        Args:
+            inputs, target, additional_forward_args, attribute_to_layer_input,
+                grad_kwargs: as in :meth:`attribute`.
+            perturbations_per_eval, show_progress: of the perturbation engine, as in
+                :meth:`PerturbationLayerCam.attribute`.
+            record_graph: keep gradients on before the layer, for a caller that also
+                propagates through that part of the same pass (FG-CAM).
+            inputs_checked: ``inputs`` come from :meth:`format_inputs` (or copies of
+                them): skip formatting and checking them again.
+
+        Returns:
+            One state per feature map of the layer (one for a layer with a single
+            output): a :class:`GradientCamState` when :attr:`requires_gradients`, a
+            :class:`PerturbationCamState` when :attr:`uses_perturbations`, both at once
+            as a :class:`GradientPerturbationCamState`.
         """
         if self.requires_gradients:
             check_gradients_possible(type(self).__name__)
         elif record_graph:
             check_gradients_possible(f"FG-CAM (propagating {type(self).__name__})")
-        formatted = _format_tensor_into_tuples(inputs)
-        check_inputs(formatted)
+        if inputs_checked:
+            formatted = _format_tensor_into_tuples(inputs)
+        else:
+            formatted = self.format_inputs(inputs)
         extra = _format_additional_forward_args(additional_forward_args)
         layer = self.layer
         forward_func = uncompiled(self.forward_func)
@@ -281,13 +362,20 @@ class LayerCamBase(LayerAttribution):
             # Gradients and score differences of a NaN or infinite score are NaN: fail
             # here rather than return a NaN map.
             bad = torch.nonzero(~finite).flatten().tolist()
-            raise ValueError(
+            raise NonFiniteError(
                 f"The model's target score is NaN or infinite for examples {bad}; a CAM "
                 "explains a finite score."
             )
-        gradients = None
+        common: dict[str, Any] = {
+            "inputs": formatted,
+            "target": target,
+            "additional_forward_args": extra,
+            "scores": scores.detach(),
+            "layout": layout,
+        }
+        per_map: list[dict[str, Any]] = [{"activation": a.detach()} for a in activations]
         if self.requires_gradients:
-            unused = ValueError(
+            unused = LayerError(
                 f"The target score does not depend on layer {name}: the layer's "
                 "output is not used to compute the model's output."
             )
@@ -307,22 +395,22 @@ class LayerCamBase(LayerAttribution):
             finite = torch.stack([g.flatten(1).isfinite().all(dim=1) for g in grads]).all(0)
             if not finite.all():
                 bad = torch.nonzero(~finite).flatten().tolist()
-                raise ValueError(
+                raise NonFiniteError(
                     f"The gradient of the target score with respect to layer {name} is NaN "
                     f"or infinite for examples {bad}: the model's backward pass produces it "
                     "(e.g. log or sqrt of 0 in the model, even in a branch the target does "
                     "not use)."
                 )
             # d score / d map is the gradient at the values the map was taken from.
-            gradients = tuple(layout.to_map(g) for g in grads)
-        engine = None
+            for fields, g in zip(per_map, grads, strict=True):
+                fields["gradient"] = layout.to_map(g)
         if self.uses_perturbations:
             if len(activations) != 1:
-                raise ValueError(
+                raise LayerError(
                     f"Layer {name} has {len(activations)} outputs (inputs); perturbation "
                     "methods explain a single feature map."
                 )
-            engine = PerturbationEngine(
+            per_map[0]["engine"] = PerturbationEngine(
                 forward_func=forward_func,
                 inputs=formatted,
                 output=output.detach(),
@@ -337,28 +425,8 @@ class LayerCamBase(LayerAttribution):
                 layout=layout,
                 layer_output=raw[0].detach(),
             )
-        return LayerState(
-            inputs=formatted,
-            target=target,
-            additional_forward_args=extra,
-            scores=scores.detach(),
-            activations=tuple(a.detach() for a in activations),
-            gradients=gradients,
-            engine=engine,
-            layout=layout,
-        )
-
-    def _terms(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
-        """The terms whose sum over dimension 1 is the map: ``w_k A^k`` by default."""
-        return self._weights(activation, gradient, state) * activation
-
-    def _components(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
-        """The map split over the layer's K channels, (N, K, h, w): FG-CAM's input.
-
-        The terms ``w_k A^k`` by default; a method whose terms are not per channel
-        (Group-CAM) splits them over the channels here.
-        """
-        return self._terms(activation, gradient, state)
+        state_class = _STATE_CLASSES[self.requires_gradients, self.uses_perturbations]
+        return tuple(state_class(**common, **fields) for fields in per_map)  # type: ignore[misc]
 
     def _attribute(
         self,
@@ -373,20 +441,19 @@ class LayerCamBase(LayerAttribution):
         show_progress: bool = False,
     ) -> Tensor | tuple[Tensor, ...]:
         with attribution_call(self.forward_func, type(self).__name__, self.uses_perturbations):
-            state = self._layer_state(
+            states = self.layer_state(
                 inputs,
-                target,
-                additional_forward_args,
-                attribute_to_layer_input,
-                grad_kwargs,
-                perturbations_per_eval,
-                show_progress,
+                target=target,
+                additional_forward_args=additional_forward_args,
+                attribute_to_layer_input=attribute_to_layer_input,
+                grad_kwargs=grad_kwargs,
+                perturbations_per_eval=perturbations_per_eval,
+                show_progress=show_progress,
             )
-            grads = state.gradients or (None,) * len(state.activations)
             maps = []
             with torch.no_grad():
-                for activation, gradient in zip(state.activations, grads, strict=True):
-                    scaled = self._terms(activation, gradient, state)
+                for state in states:
+                    scaled = self.terms(state)
                     if attr_dim_summation:
                         scaled = torch.sum(scaled, dim=1, keepdim=True)
                     if relu_attributions:
@@ -444,8 +511,36 @@ class LayerCamBase(LayerAttribution):
         )
 
 
-class GradientLayerCam(LayerCamBase, GradientAttribution):
-    """Base of the CAMs whose weights come from one backward pass to the layer."""
+_STATE_CLASSES: dict[tuple[bool, bool], type[CamState]] = {
+    (False, False): CamState,
+    (True, False): GradientCamState,
+    (False, True): PerturbationCamState,
+    (True, True): GradientPerturbationCamState,
+}
+
+
+class WeightedLayerCam(LayerCamBase[StateT]):
+    """A CAM whose map is :math:`\\sum_k w_k A^k`: it implements only :meth:`weights`."""
+
+    @abstractmethod
+    def weights(self, state: StateT) -> Tensor:
+        """Weights of the channels of ``state.activation`` (N, K, h, w).
+
+        Returns:
+            (N, K, 1, 1) channel weights, or (N, K, h, w) weights per location.
+        """
+
+    def terms(self, state: StateT) -> Tensor:
+        """``w_k A^k``: :meth:`weights` times the activation, (N, K, h, w)."""
+        return self.weights(state) * state.activation
+
+
+class GradientLayerCam(WeightedLayerCam[GradientCamState], GradientAttribution):
+    """Base of the CAMs whose weights come from one backward pass to the layer.
+
+    A method implements ``weights(state)`` from ``state.activation`` and
+    ``state.gradient``, both (N, K, h, w) (a :class:`GradientCamState`).
+    """
 
     requires_gradients = True
 
@@ -462,29 +557,10 @@ class GradientLayerCam(LayerCamBase, GradientAttribution):
         )
         GradientAttribution.__init__(self, forward_func)
 
-    def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
-        if gradient is None:  # pragma: no cover - the base always passes gradients here
-            raise RuntimeError("gradient-weighted CAM called without gradients")
-        return self._gradient_weights(activation, gradient, state)
 
-    @abstractmethod
-    def _gradient_weights(self, activation: Tensor, gradient: Tensor, state: LayerState) -> Tensor:
-        """Channel weights from activations and gradients, both (N, K, h, w)."""
-
-
-def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """``numerator / denominator``, with 0 where the denominator is 0."""
-    nonzero = denominator != 0
-    return torch.where(nonzero, numerator / torch.where(nonzero, denominator, 1), 0)
-
-
-class PerturbationLayerCam(LayerCamBase, PerturbationAttribution):
-    """Base of the CAMs whose weights come from evaluating perturbed copies.
-
-    Adds Captum's ``perturbations_per_eval`` and ``show_progress`` to ``attribute``.
-    Set :attr:`requires_gradients` when the method also uses gradients (FD-CAM)
-    and :attr:`switches_channels` when it perturbs the layer's channels.
-    """
+class _PerturbationAttribute(LayerCamBase[StateT]):
+    """Captum's ``perturbations_per_eval`` and ``show_progress`` in ``attribute``, for
+    every CAM that evaluates perturbed copies (weighted or not, as Group-CAM)."""
 
     requires_gradients = False
     uses_perturbations = True
@@ -501,6 +577,8 @@ class PerturbationLayerCam(LayerCamBase, PerturbationAttribution):
             self, forward_func, layer, device_ids, reshape_transform=reshape_transform
         )
         PerturbationAttribution.__init__(self, forward_func)
+        if self.requires_gradients:
+            GradientAttribution.__init__(self, forward_func)
 
     @log_usage()
     def attribute(
@@ -543,20 +621,32 @@ class PerturbationLayerCam(LayerCamBase, PerturbationAttribution):
         )
 
 
-class GradientPerturbationLayerCam(PerturbationLayerCam, GradientAttribution):
-    """Base of the CAMs that use both gradients and perturbations (FD-CAM, Group-CAM)."""
+class PerturbationLayerCam(
+    _PerturbationAttribute[PerturbationCamState],
+    WeightedLayerCam[PerturbationCamState],
+    PerturbationAttribution,
+):
+    """Base of the CAMs whose weights come from evaluating perturbed copies.
+
+    A method implements ``weights(state)``, evaluating copies through
+    ``state.engine`` (a :class:`PerturbationEngine`, in a :class:`PerturbationCamState`).
+    Adds Captum's ``perturbations_per_eval`` and ``show_progress`` to ``attribute``.
+    Set :attr:`switches_channels` when the method perturbs the layer's channels.
+    """
+
+
+class GradientPerturbationLayerCam(
+    _PerturbationAttribute[GradientPerturbationCamState],
+    WeightedLayerCam[GradientPerturbationCamState],
+    PerturbationAttribution,
+    GradientAttribution,
+):
+    """Base of the CAMs that use both gradients and perturbations (FD-CAM): ``weights``
+    gets a :class:`GradientPerturbationCamState`, with ``gradient`` and ``engine``."""
 
     requires_gradients = True
 
-    def __init__(
-        self,
-        forward_func: Callable[..., Tensor],
-        layer: Module,
-        device_ids: list[int] | None = None,
-        *,
-        reshape_transform: ReshapeTransform | None = None,
-    ) -> None:
-        PerturbationLayerCam.__init__(
-            self, forward_func, layer, device_ids, reshape_transform=reshape_transform
-        )
-        GradientAttribution.__init__(self, forward_func)
+
+#: The name of :class:`CamState` before the states were typed per family; kept for code
+#: that imported it.
+LayerState = CamState

@@ -25,7 +25,6 @@ import torch
 from captum._utils.common import (
     _format_additional_forward_args,
     _format_output,
-    _format_tensor_into_tuples,
     _is_tuple,
 )
 from captum._utils.typing import TargetType
@@ -41,7 +40,6 @@ from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.validation import (
     TORCHSCRIPT_HINT,
     check_bool,
-    check_inputs,
     check_integer,
     check_layer,
     check_real,
@@ -49,6 +47,7 @@ from captum_fdcam._core.validation import (
     owning_module,
     python_scalar,
 )
+from captum_fdcam.errors import LayerError
 from captum_fdcam.methods.gradient import LayerGradCam
 from captum_fdcam.propagation import Propagation, RuleAssignment, ZBoxRule
 from captum_fdcam.propagation.assignment import RuleSpec
@@ -150,24 +149,25 @@ class _FineGrained:
         show_progress: bool,
         grad_kwargs: dict[str, Any] | None,
         record_graph: bool = False,
-    ) -> tuple[Tensor, FeatureLayout | None]:
-        """The base CAM's components (N, K, h, w) and the layout of its layer."""
+    ) -> tuple[Tensor, FeatureLayout]:
+        """The base CAM's components (N, K, h, w) and the layout of its layer, from
+        inputs that :meth:`LayerCamBase.format_inputs` has checked."""
         base = self.base_cam
-        state = base._layer_state(
+        states = base.layer_state(
             inputs,
-            target,
-            additional_forward_args,
-            False,
-            grad_kwargs,
-            perturbations_per_eval,
-            show_progress,
-            record_graph,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            grad_kwargs=grad_kwargs,
+            perturbations_per_eval=perturbations_per_eval,
+            show_progress=show_progress,
+            record_graph=record_graph,
+            inputs_checked=True,
         )
-        if len(state.activations) != 1:
-            raise ValueError("FG-CAM needs a base CAM layer with a single output.")
-        gradient = state.gradients[0] if state.gradients is not None else None
+        if len(states) != 1:
+            raise LayerError("FG-CAM needs a base CAM layer with a single output.")
+        (state,) = states
         with torch.no_grad():
-            components = base._components(state.activations[0], gradient, state)
+            components = base.components(state)
             if self.denoise:
                 components = denoise_components(components, self.singular_values)
         return components, state.layout
@@ -191,8 +191,8 @@ class _FineGrained:
         show_progress: bool,
         grad_kwargs: dict[str, Any] | None,
     ) -> tuple[Tensor, ...]:
-        formatted = _format_tensor_into_tuples(inputs)
-        check_inputs(formatted)
+        # Checked once, here: the propagation needs them before the base CAM's pass.
+        formatted = self.base_cam.format_inputs(inputs)
         extra = _format_additional_forward_args(additional_forward_args)
         options = (target, extra, perturbations_per_eval, show_progress, grad_kwargs)
         if layer is self.base_cam.layer and not attribute_to_layer_input:
@@ -212,11 +212,7 @@ class _FineGrained:
                 components, layout = self.components(run.inputs, *options, record_graph=True)
                 # With a reshape_transform the relevance starts in the layer's own
                 # layout; values the transform drops (a class token) start with none.
-                relevances = run.relevance(
-                    lambda start: (
-                        components if layout is None else layout.scatter(components, start)
-                    )
-                )
+                relevances = run.relevance(lambda start: layout.scatter(components, start))
         maps = tuple(r.sum(dim=1, keepdim=True) for r in relevances)
         return tuple(torch.relu(m) for m in maps) if relu_attributions else maps
 

@@ -3,7 +3,7 @@
 Each class only says how its channel weights are computed from the activations
 A (N, K, h, w) and the gradients g = dy_c/dA of the target score; the map is
 ``sum_k w_k A^k`` (ReLU with ``relu_attributions=True``), see
-:class:`captum_fdcam._core.base.LayerCamBase`.
+:class:`captum_fdcam.LayerCamBase`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_fdcam._core.base import GradientLayerCam, LayerState, safe_divide
+from captum_fdcam._core.base import GradientCamState, GradientLayerCam
+from captum_fdcam._core.numeric import safe_divide
 
 _SPATIAL = (2, 3)
 
@@ -31,8 +32,8 @@ class LayerGradCam(GradientLayerCam):
     Gradient-based Localization", ICCV 2017. https://arxiv.org/abs/1610.02391
     """
 
-    def _gradient_weights(self, activation: Tensor, gradient: Tensor, state: LayerState) -> Tensor:
-        return torch.mean(gradient, dim=_SPATIAL, keepdim=True)
+    def weights(self, state: GradientCamState) -> Tensor:
+        return torch.mean(state.gradient, dim=_SPATIAL, keepdim=True)
 
 
 class LayerGradCamPlusPlus(GradientLayerCam):
@@ -57,7 +58,8 @@ class LayerGradCamPlusPlus(GradientLayerCam):
     https://arxiv.org/abs/1710.11063
     """
 
-    def _gradient_weights(self, activation: Tensor, gradient: Tensor, state: LayerState) -> Tensor:
+    def weights(self, state: GradientCamState) -> Tensor:
+        activation, gradient = state.activation, state.gradient
         grad_2 = gradient.pow(2)
         grad_3 = grad_2 * gradient
         denominator = 2 * grad_2 + activation.sum(dim=_SPATIAL, keepdim=True) * grad_3
@@ -80,9 +82,10 @@ class LayerXGradCam(GradientLayerCam):
     Explanation of CNNs", BMVC 2020. https://arxiv.org/abs/2008.02312
     """
 
-    def _gradient_weights(self, activation: Tensor, gradient: Tensor, state: LayerState) -> Tensor:
+    def weights(self, state: GradientCamState) -> Tensor:
+        activation = state.activation
         return safe_divide(
-            (activation * gradient).sum(dim=_SPATIAL, keepdim=True),
+            (activation * state.gradient).sum(dim=_SPATIAL, keepdim=True),
             activation.sum(dim=_SPATIAL, keepdim=True),
         )
 
@@ -102,5 +105,5 @@ class LayerLayerCam(GradientLayerCam):
     Localization", IEEE TIP 2021. https://doi.org/10.1109/TIP.2021.3089943
     """
 
-    def _gradient_weights(self, activation: Tensor, gradient: Tensor, state: LayerState) -> Tensor:
-        return F.relu(gradient)
+    def weights(self, state: GradientCamState) -> Tensor:
+        return F.relu(state.gradient)

@@ -13,22 +13,25 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from captum.attr import GradientAttribution, PerturbationAttribution
 from torch import Tensor
 from torch.nn import Module
 from torchvision.transforms.functional import gaussian_blur
 
 from captum_fdcam._core.base import (
-    GradientPerturbationLayerCam,
-    LayerState,
+    CamState,
+    GradientPerturbationCamState,
+    PerturbationCamState,
     PerturbationLayerCam,
-    safe_divide,
+    _PerturbationAttribute,
 )
 from captum_fdcam._core.layout import ReshapeTransform
+from captum_fdcam._core.numeric import min_max, safe_divide
 from captum_fdcam._core.perturbation import PerturbationEngine, check_score_type, unique_rows
 from captum_fdcam._core.validation import check_integer, check_real
 
 
-def _image_input(state: LayerState, method: str) -> Tensor:
+def _image_input(state: CamState, method: str) -> Tensor:
     if len(state.inputs) != 1 or state.inputs[0].dim() != 4:
         shapes = [tuple(x.shape) for x in state.inputs]
         raise ValueError(
@@ -38,18 +41,15 @@ def _image_input(state: LayerState, method: str) -> Tensor:
     return state.inputs[0]
 
 
-def upsampled_masks(maps: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """Bilinearly upsampled, min-max normalised masks of (M, h, w) maps.
+def upsampled(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(M, h, w) maps bilinearly upsampled to ``size``, (M, H, W)."""
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
-    Returns the masks (M, H, W) in [0, 1] and each map's minimum and maximum after
-    upsampling (M,), so that ``(map - low) / (high - low)`` upsamples to the mask.
-    A constant map gives an all-zero mask.
-    """
-    up = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    low = up.flatten(1).min(dim=1).values
-    high = up.flatten(1).max(dim=1).values
-    span = (high - low)[:, None, None]
-    return safe_divide(up - low[:, None, None], span.expand_as(up)), low, high
+
+def upsampled_masks(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinearly upsampled, min-max normalised masks of (M, h, w) maps: (M, H, W) in
+    [0, 1], each map normalised on its own; a constant map gives an all-zero mask."""
+    return min_max(upsampled(maps, size), dims=(1, 2))
 
 
 def _canonical(maps: Tensor) -> Tensor:
@@ -84,7 +84,7 @@ def _masked_scores(
     unique, inverse = distinct
 
     def make_inputs(start: int, stop: int) -> tuple[Tensor, ...]:
-        masks, _, _ = upsampled_masks(unique[start:stop], size)
+        masks = upsampled_masks(unique[start:stop], size)
         return (perturb(masks[:, None]),)
 
     scores = engine.input_scores(sample, len(unique), make_inputs, score)
@@ -158,15 +158,10 @@ class LayerScoreCam(PerturbationLayerCam):
         self.score = check_score_type(score)
         self.baseline = check_baseline(baseline)
 
-    def _layer_state(
-        self, inputs: Tensor | tuple[Tensor, ...], *args: Any, **kwargs: Any
-    ) -> LayerState:
+    def check_inputs(self, inputs: tuple[Tensor, ...]) -> None:
         # Before the model runs: a baseline that cannot fill one example would otherwise
         # fail only after the reference pass, in an expand deep inside.
-        first = inputs[0] if isinstance(inputs, tuple) and inputs else inputs
-        if isinstance(first, Tensor) and first.dim() > 0:
-            self._baseline_image(first)
-        return super()._layer_state(inputs, *args, **kwargs)
+        self._baseline_image(inputs[0])
 
     def _baseline_image(self, x: Tensor) -> Tensor | None:
         """The baseline as one example of ``x`` (N, ...), shape (1, ...); None without one."""
@@ -188,9 +183,8 @@ class LayerScoreCam(PerturbationLayerCam):
             )
         return base.expand(example)
 
-    def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
-        engine = state.engine
-        assert engine is not None
+    def weights(self, state: PerturbationCamState) -> Tensor:
+        activation, engine = state.activation, state.engine
         x = _image_input(state, "Score-CAM")
         size = (x.shape[2], x.shape[3])
         base = self._baseline_image(x)
@@ -210,7 +204,11 @@ class LayerScoreCam(PerturbationLayerCam):
         return torch.stack(weights)[:, :, None, None].to(activation.dtype)
 
 
-class LayerGroupCam(GradientPerturbationLayerCam):
+class LayerGroupCam(
+    _PerturbationAttribute[GradientPerturbationCamState],
+    PerturbationAttribution,
+    GradientAttribution,
+):
     r"""Group-CAM: Grad-CAM-weighted channels in groups, scored on blurred-out inputs.
 
     1. The Grad-CAM terms :math:`\alpha_k A^k` are split into ``groups`` groups of
@@ -245,6 +243,8 @@ class LayerGroupCam(GradientPerturbationLayerCam):
         score: ``'probability'`` (default) or ``'logit'``.
     """
 
+    requires_gradients = True
+
     def __init__(
         self,
         forward_func: Callable[..., Tensor],
@@ -277,12 +277,12 @@ class LayerGroupCam(GradientPerturbationLayerCam):
         chunks = self.grouped_terms(activation, gradient)
         return F.relu(torch.cat([c.sum(dim=1, keepdim=True) for c in chunks], dim=1))
 
-    def _components(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
+    def components(self, state: GradientPerturbationCamState) -> Tensor:
         # Each group's term is shared among its channels in proportion to their
         # Grad-CAM terms (the LRP z-rule through the group sum), in equal shares
         # where those sum to zero, so the components still sum to the map.
-        assert gradient is not None
-        group_terms = self._terms(activation, gradient, state)
+        activation, gradient = state.activation, state.gradient
+        group_terms = self.terms(state)
         parts = []
         for g, chunk in enumerate(self.grouped_terms(activation, gradient)):
             total = chunk.sum(dim=1, keepdim=True)
@@ -307,9 +307,9 @@ class LayerGroupCam(GradientPerturbationLayerCam):
                 f"blur_kernel_size={largest} or smaller (at most 2 * min(H, W) - 1)."
             )
 
-    def _terms(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
-        engine = state.engine
-        assert engine is not None and gradient is not None
+    def terms(self, state: GradientPerturbationCamState) -> Tensor:
+        """The G group terms :math:`s_g (R_g - m_g) / (M_g - m_g)`, (N, G, h, w)."""
+        activation, gradient, engine = state.activation, state.gradient, state.engine
         x = _image_input(state, "Group-CAM")
         size = (x.shape[2], x.shape[3])
         self.check_image_size(*size)
@@ -332,9 +332,10 @@ class LayerGroupCam(GradientPerturbationLayerCam):
                     self.score,
                 )
                 weights = F.relu(scores - base)
-                _, low, high = upsampled_masks(maps[i], size)
-                normalised = safe_divide(
-                    maps[i] - low[:, None, None], (high - low)[:, None, None].expand_as(maps[i])
-                )
+                up = upsampled(maps[i], size)
+                # Normalised by the range of the upsampled maps: upsampling then gives
+                # the paper's masks exactly.
+                bounds = (up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True))
+                normalised = min_max(maps[i], bounds=bounds)
                 terms.append(weights[:, None, None].to(maps.dtype) * normalised)
         return torch.stack(terms)

@@ -16,13 +16,14 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_fdcam._core.base import (
+    GradientPerturbationCamState,
     GradientPerturbationLayerCam,
-    LayerState,
+    PerturbationCamState,
     PerturbationLayerCam,
     attribution_call,
-    safe_divide,
 )
 from captum_fdcam._core.layout import ReshapeTransform
+from captum_fdcam._core.numeric import min_max, safe_divide
 from captum_fdcam._core.perturbation import check_score_type, score_dtype
 from captum_fdcam._core.validation import check_real
 
@@ -67,9 +68,8 @@ class LayerAblationCam(PerturbationLayerCam):
         super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
         self.score = check_score_type(score)
 
-    def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
-        engine = state.engine
-        assert engine is not None
+    def weights(self, state: PerturbationCamState) -> Tensor:
+        activation, engine = state.activation, state.engine
         n, k = activation.shape[:2]
         keep = ~torch.eye(k, dtype=torch.bool, device=activation.device)
         weights = []
@@ -106,12 +106,6 @@ def similarity_groups(activation: Tensor, group_fraction: float | None) -> Tenso
     similarity = cosine_similarity_matrix(activation.to(score_dtype(activation.dtype)))
     threshold = torch.quantile(similarity, 1.0 - group_fraction, dim=1, keepdim=True)
     return (similarity > threshold) | eye
-
-
-def min_max(values: Tensor) -> Tensor:
-    """Min-max normalisation of a vector to [0, 1]; a constant vector gives zeros."""
-    low, high = values.min(), values.max()
-    return safe_divide(values - low, (high - low).expand_as(values))
 
 
 class LayerFDCam(GradientPerturbationLayerCam):
@@ -185,10 +179,12 @@ class LayerFDCam(GradientPerturbationLayerCam):
         self.bias = check_real("bias", bias)
         self.score = check_score_type(score)
 
-    def switching_scores(self, activation: Tensor, state: LayerState, sample: int) -> Tensor:
-        """The grouped channel-switching scores :math:`s_k` of one example, (K,)."""
+    def switching_scores(
+        self, activation: Tensor, state: PerturbationCamState, sample: int
+    ) -> Tensor:
+        """The grouped channel-switching scores :math:`s_k` of example ``sample``, (K,),
+        from its activation (K, h, w)."""
         engine = state.engine
-        assert engine is not None
         reference = engine.reference(sample, self.score)
         k = activation.shape[0]
         scores = engine.switch_scores(
@@ -219,22 +215,20 @@ class LayerFDCam(GradientPerturbationLayerCam):
             (N, K) scores, for analysis and for the paper's ablations.
         """
         with attribution_call(self.forward_func, type(self).__name__, perturbs=True):
-            state = self._layer_state(
+            (state,) = self.layer_state(
                 inputs,
-                target,
-                additional_forward_args,
-                attribute_to_layer_input,
-                None,
-                perturbations_per_eval,
+                target=target,
+                additional_forward_args=additional_forward_args,
+                attribute_to_layer_input=attribute_to_layer_input,
+                perturbations_per_eval=perturbations_per_eval,
             )
-            (activation,) = state.activations
+            activation = state.activation
             return torch.stack(
                 [self.switching_scores(activation[i], state, i) for i in range(len(activation))]
             )
 
-    def _weights(self, activation: Tensor, gradient: Tensor | None, state: LayerState) -> Tensor:
-        engine = state.engine
-        assert gradient is not None and engine is not None
+    def weights(self, state: GradientPerturbationCamState) -> Tensor:
+        activation, gradient, engine = state.activation, state.gradient, state.engine
         # Weights in at least float32 (the scores' dtype), the map in the activation's.
         alpha = gradient.to(score_dtype(gradient.dtype)).mean(dim=(2, 3))
         weights = []

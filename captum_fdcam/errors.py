@@ -1,0 +1,84 @@
+"""One exception class per kind of mistake, raised alike by every entry point.
+
+Each class also derives from the built-in exception(s) this library raised for that
+mistake before, so that ``except ValueError`` (or ``IndexError``, ``RuntimeError``,
+``TypeError``) written against earlier versions still catches it. ``CamError`` is the
+base of all of them. The table of kinds, classes and messages is in docs/errors.md.
+
+Mistakes in a method's options (``group_fraction=2``, ``score='logits'``) stay plain
+``ValueError`` / ``TypeError``, as everywhere in Python.
+
+This module imports nothing, so that every part of the library can use it.
+"""
+
+from __future__ import annotations
+
+
+class CamError(Exception):
+    """Base of the exceptions of this library."""
+
+
+class TargetError(CamError, ValueError, IndexError):
+    """The target does not select one score per example: out of range for the model's
+    output, missing where the output has several scores, one entry per example of the
+    wrong count, or the wrong number of indices."""
+
+
+class LayerError(CamError, ValueError, RuntimeError):
+    """The layer cannot be explained in this forward pass: not a module of the model,
+    not called, called more than once, not used for the target's score, several outputs
+    where one feature map is needed, or not reached by the propagated relevance."""
+
+
+class FeatureMapError(CamError, ValueError):
+    """The layer's output (input) is not an (N, C, h, w) feature map, and the
+    ``reshape_transform`` does not turn it into one by moving values only."""
+
+
+class InputError(CamError, ValueError):
+    """The inputs cannot be explained: empty, a scalar, NaN or infinite values, batch
+    sizes that differ, no examples, or a shape the method cannot mask."""
+
+
+class ModelOutputError(CamError, TypeError, ValueError):
+    """The model's output is not what the method explains: not a tensor with a batch
+    dimension, or not (N, C) scores where classes are needed."""
+
+
+class NonFiniteError(CamError, ValueError):
+    """The model's target score, or its gradient at the layer, is NaN or infinite."""
+
+
+class TorchScriptError(CamError, TypeError):
+    """The model, the layer or a submodule is a TorchScript module, which forward hooks
+    cannot observe: pass the Python module it was scripted (traced) from."""
+
+
+class GradientsDisabledError(CamError, RuntimeError):
+    """The method needs gradients and runs inside ``torch.inference_mode()``."""
+
+
+class UnsupportedModuleError(CamError, TypeError):
+    """Relevance cannot propagate through a module of the model (no LRP rule for it,
+    attention, or an output that is not one tensor)."""
+
+
+class CliError(Exception):
+    """A mistake in a command's arguments or files (``captum-fdcam``, ``python -m
+    captum_fdcam.benchmark``): printed as one line on stderr, exit code 2. Not a
+    ``CamError``: it is the commands' report of a mistake, not the library's."""
+
+
+__all__ = [
+    "CamError",
+    "CliError",
+    "FeatureMapError",
+    "GradientsDisabledError",
+    "InputError",
+    "LayerError",
+    "ModelOutputError",
+    "NonFiniteError",
+    "TargetError",
+    "TorchScriptError",
+    "UnsupportedModuleError",
+]
