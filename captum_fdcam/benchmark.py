@@ -36,7 +36,6 @@ plots. Means come with bootstrap 95% confidence intervals over images.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -47,23 +46,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from captum_fdcam.errors import CliError
+from captum_fdcam.evaluation.data import LabelsError, folder_images, read_labels
+from captum_fdcam.evaluation.scoring import Job
+from captum_fdcam.registry import cam_names, split_fg
+
 if TYPE_CHECKING:  # imported where used: `captum-fdcam --help` imports this module
     import numpy as np
-    import torch
     from torch import nn
 
 PROG = "python -m captum_fdcam.benchmark"
 TABLES = ("fdcam-table1", "fdcam-ablation", "gridpg", "fgcam-layers", "fgcam-input")
-CAMS = (
-    "Grad-CAM",
-    "Grad-CAM++",
-    "XGrad-CAM",
-    "Layer-CAM",
-    "Score-CAM",
-    "Ablation-CAM",
-    "Group-CAM",
-    "FD-CAM",
-)
 FD_ABLATIONS = {
     "FD-CAM": {},
     "FD-CAM, no grouping": {"group_fraction": None},
@@ -98,119 +91,67 @@ _FINGERPRINT_FIELDS = {
 }
 
 
-class LabelsError(ValueError):
-    """A labels file whose rows are not (file, class index) pairs of this model."""
-
-
-def _usage_error(message: str) -> Exception:
-    """The command line's own error type, so that ``captum-fdcam benchmark`` and
-    ``python -m captum_fdcam.benchmark`` both print one line and exit with code 2."""
-    from captum_fdcam.cli import CliError
-
-    return CliError(message)
+def __getattr__(name: str) -> Any:
+    # CAMS is read from the registry on each look-up, so that a method added there is
+    # one of the tables' CAMs (and of --cams) with no change here.
+    if name == "CAMS":
+        return cam_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
-class Job:
-    """One attribution method of one table, at one layer, scored by some metrics."""
+class TableJob:
+    """One row of one of the papers' tables: its table and what it scores."""
 
     table: str
-    name: str
-    method: str
-    layer: str | None
-    method_kwargs: dict[str, Any] = field(default_factory=dict)
-    metrics: tuple[str, ...] = ("insertion", "deletion")
-    fg_target: str | None = None  # LayerFGCam's target layer
+    job: Job
 
 
-def jobs_for(tables: tuple[str, ...], cams: tuple[str, ...]) -> list[Job]:
-    jobs: list[Job] = []
+def jobs_for(tables: tuple[str, ...], cams: tuple[str, ...]) -> list[TableJob]:
+    """The rows of ``tables``, leaving out the rows of CAMs not in ``cams``."""
+    rows: list[TableJob] = []
     if "fdcam-table1" in tables:
-        jobs += [Job("fdcam-table1", m, m, BASE_LAYER) for m in cams]
+        rows += [TableJob("fdcam-table1", Job(m, m, BASE_LAYER)) for m in cams]
     if "fdcam-ablation" in tables:
-        jobs += [
-            Job("fdcam-ablation", n, "FD-CAM", BASE_LAYER, kw) for n, kw in FD_ABLATIONS.items()
+        rows += [
+            TableJob("fdcam-ablation", Job(n, "FD-CAM", BASE_LAYER, kw))
+            for n, kw in FD_ABLATIONS.items()
         ]
     if "gridpg" in tables:
-        jobs += [Job("gridpg", m, m, BASE_LAYER, metrics=("gridpg",)) for m in cams]
+        rows += [TableJob("gridpg", Job(m, m, BASE_LAYER, metrics=("gridpg",))) for m in cams]
     faithful = ("average_drop", "average_increase", "insertion", "deletion")
     if "fgcam-layers" in tables:
         for depth, layer in DEPTHS.items():
             table = f"fgcam-layers/{depth}"
             for m in ("Grad-CAM", "Score-CAM", "Layer-CAM"):
-                jobs.append(Job(table, m, m, layer, metrics=faithful))
+                rows.append(TableJob(table, Job(m, m, layer, metrics=faithful)))
             for base in ("Grad-CAM", "Score-CAM"):
                 for denoise in (False, True):
                     name = f"FG-{base}" + ("-D" if denoise else "")
                     kw = {"denoise": True} if denoise else {}
-                    jobs.append(Job(table, name, base, BASE_LAYER, kw, faithful, fg_target=layer))
+                    job = Job(name, f"FG-{base}", BASE_LAYER, {}, faithful, layer, kw)
+                    rows.append(TableJob(table, job))
     if "fgcam-input" in tables:
+        # FG-CAM's input-layer tables keep only positive pixels when fewer than half are.
         for m in ("PropagationLRP", "CLRP", "SGLRP"):
-            jobs.append(Job("fgcam-input", m.replace("Propagation", ""), m, None, {}, faithful))
+            name = m.replace("Propagation", "")
+            job = Job(name, m, None, {}, faithful, positive_only=True)
+            rows.append(TableJob("fgcam-input", job))
         for base in ("Grad-CAM", "Score-CAM"):
             for denoise in (False, True):
                 name = f"FG-{base}" + ("-D" if denoise else "")
                 kw = {"denoise": True} if denoise else {}
-                jobs.append(Job("fgcam-input", name, f"FG-{base}", BASE_LAYER, kw, faithful))
-    return [j for j in jobs if _uses_allowed_cams(j, cams)]
+                job = Job(name, f"FG-{base}", BASE_LAYER, {}, faithful, None, kw, True)
+                rows.append(TableJob("fgcam-input", job))
+    return [r for r in rows if _uses_allowed_cams(r.job, cams)]
 
 
 def _uses_allowed_cams(job: Job, cams: tuple[str, ...]) -> bool:
-    base = job.method.removeprefix("FG-")
-    return base not in CAMS or base in cams
+    base, _ = split_fg(job.method)
+    return base not in cam_names() or base in cams
 
 
 # ------------------------------------------------------------------------- data
-
-
-def read_labels(
-    folder: Path, labels: Path | None = None, num_classes: int | None = None
-) -> list[tuple[Path, int]]:
-    """(image path, class index) pairs from ``labels.csv`` (columns ``file`` and
-    ``class_index``; any other columns are ignored), sorted by file name.
-
-    Raises:
-        FileNotFoundError: there is no labels file, or images it lists are missing.
-        LabelsError: a column is missing, or a class index is not an integer from 0
-            to ``num_classes - 1`` (any integer from 0 when ``num_classes`` is None).
-    """
-    labels = labels or folder / "labels.csv"
-    if not labels.is_file():
-        raise FileNotFoundError(f"No labels file {labels}: a CSV with columns file,class_index.")
-    rows = []
-    with labels.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        absent = [c for c in ("file", "class_index") if c not in columns]
-        if absent:
-            raise LabelsError(
-                f"{labels} has no column {' or '.join(absent)} (its columns: "
-                f"{', '.join(columns) or 'none'}); the labels file needs file,class_index"
-            )
-        for row in reader:
-            where = f"{labels} line {reader.line_num}"
-            name, text = row["file"] or "", (row["class_index"] or "").strip()
-            if not name:
-                raise LabelsError(f"{where}: no file name")
-            if not re.fullmatch(r"[+-]?\d+", text):
-                raise LabelsError(f"{where}: class_index {text!r} is not an integer")
-            label = int(text)
-            top = "" if num_classes is None else f"-{num_classes - 1}"
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                raise LabelsError(f"{where}: class_index {label} is out of range (0{top})")
-            rows.append((folder / name, label))
-    missing = [str(p) for p, _ in rows if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} images listed in {labels} are missing: {missing[:3]}"
-        )
-    return sorted(rows, key=lambda r: r[0].name)
-
-
-def load_image(path: Path, size: int) -> torch.Tensor:
-    from captum_fdcam.models import preprocess, read_rgb
-
-    return preprocess(read_rgb(path), size=size)  # the command line's loader
 
 
 @dataclass(frozen=True)
@@ -236,173 +177,6 @@ def _relative(path: Path, folder: Path) -> str:
         return path.relative_to(folder).as_posix()
     except ValueError:  # an absolute path in the labels file
         return str(path)
-
-
-# ------------------------------------------------------------------- evaluation
-
-
-def _metric(name: str, table: str, size: int = 224) -> Any:
-    import quantus
-
-    from captum_fdcam.evaluation import (
-        AverageDrop,
-        AverageIncrease,
-        Deletion,
-        GridPointingGame,
-        Insertion,
-    )
-
-    common = {"disable_warnings": True}
-    # FG-CAM's input-layer tables keep only positive pixels when fewer than half are.
-    keep_half = {"positive_only": table == "fgcam-input", **common}
-    if name == "insertion":
-        return Insertion(pixels_per_step=0.036, **common)
-    if name == "deletion":
-        return Deletion(pixels_per_step=0.036, **common)
-    if name == "average_drop":
-        return AverageDrop(**keep_half)
-    if name == "average_increase":
-        return AverageIncrease(**keep_half)
-    if name == "gridpg":
-        return GridPointingGame(**common)
-    if name == "pixel_flipping":  # Quantus's own; score_job takes the AUC of its curve
-        step = size * 8 if size % 8 == 0 else size  # 28 steps at 224 x 224
-        return quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", **common)
-    if name == "faithfulness_correlation":  # Quantus's own (Bhatt et al., 2020)
-        return quantus.FaithfulnessCorrelation(
-            subset_size=size, return_aggregate=False, abs=False, **common
-        )
-    raise ValueError(f"Unknown metric {name!r}.")
-
-
-def attribution(model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The job's (1, 1, H, W) map of image ``x`` for class ``y``."""
-    import torch
-    from captum.attr import LayerAttribution
-
-    from captum_fdcam import METHODS, LayerFGCam
-    from captum_fdcam.evaluation import explain, find_layer
-
-    if job.fg_target is not None:
-        base = METHODS[job.method](model, find_layer(model, job.layer))
-        fg = LayerFGCam(base, find_layer(model, job.fg_target), **job.method_kwargs)
-        maps = fg.attribute(torch.from_numpy(x), target=torch.from_numpy(y), relu_attributions=True)
-        return LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), "bilinear").numpy()
-    return explain(model, x, y, method=job.method, layer=job.layer, method_kwargs=job.method_kwargs)
-
-
-def score_job(
-    model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray, s: np.ndarray | None
-) -> dict[str, Any]:
-    import numpy as np
-
-    from captum_fdcam.evaluation import curve_auc
-
-    a = attribution(model, job, x, y)
-    if not np.isfinite(a).all():
-        raise FloatingPointError(f"{job.name} gave a non-finite map.")
-    out: dict[str, Any] = {}
-    if float(a.max()) == float(a.min()):
-        # Quantus refuses constant maps. One ranks pixels by index (stable order),
-        # which a decreasing ramp reproduces; the record says so.
-        a = np.linspace(1.0, 0.5, a.size, dtype=np.float32).reshape(a.shape)
-        out["constant_map"] = 1.0
-    for name in job.metrics:
-        metric = _metric(name, job.table, x.shape[-1])
-        score = metric(model, x, y, a_batch=a, s_batch=s)
-        if name == "pixel_flipping":
-            # Quantus's return_auc_per_sample calls np.trapz, which numpy 2.4 removed.
-            out[name] = curve_auc(np.asarray(score[0], dtype=np.float64))
-        else:
-            out[name] = float(score[0])
-        if hasattr(metric, "curves"):
-            out[f"{name}_curve"] = [float(v) for v in metric.curves[0]]
-    return out
-
-
-def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean."""
-    import numpy as np
-
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (samples, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per table, method and metric: mean, 95% CI and count; the overall AUC too."""
-    import numpy as np
-
-    grouped: dict[tuple[str, str], dict[str, list[float]]] = {}
-    curves: dict[tuple[str, str, str], list[list[float]]] = {}
-    for r in records:
-        slot = grouped.setdefault((r["table"], r["method"]), {})
-        for key, value in r["scores"].items():
-            if key.endswith("_curve"):
-                curves.setdefault((r["table"], r["method"], key), []).append(value)
-            else:
-                slot.setdefault(key, []).append(value)
-        if {"insertion", "deletion"} <= r["scores"].keys():
-            slot.setdefault("overall", []).append(
-                r["scores"]["insertion"] - r["scores"]["deletion"]
-            )
-    tables: dict[str, Any] = {}
-    for (table, method), metrics in grouped.items():
-        row = tables.setdefault(table, {}).setdefault(method, {})
-        for key, values in metrics.items():
-            array = np.asarray(values, dtype=np.float64)
-            low, high = bootstrap_ci(array)
-            row[key] = {"mean": float(array.mean()), "ci95": [low, high], "n": len(array)}
-        for (t, m, key), items in curves.items():
-            if t == table and m == method:
-                length = min(len(c) for c in items)
-                row[key] = np.mean([c[:length] for c in items], axis=0).tolist()
-    return tables
-
-
-def _count(row: dict[str, Any]) -> int:
-    return max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
-
-
-def markdown(tables: dict[str, Any], header: str) -> str:
-    lines = [header, ""]
-    for table, rows in tables.items():
-        keys = [k for k in next(iter(rows.values())) if not k.endswith("_curve")]
-        lines += [f"## {table}", "", "| method | " + " | ".join(keys) + " |"]
-        lines.append("|---|" + "---:|" * len(keys))
-        for method, row in rows.items():
-            cells = []
-            for k in keys:
-                cell = row.get(k)
-                if cell is None:
-                    cells.append("—")
-                else:
-                    low, high = cell["ci95"]
-                    cells.append(f"{cell['mean']:.4f} [{low:.4f}, {high:.4f}]")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        counts = {m: _count(r) for m, r in rows.items()}
-        n = max(counts.values())
-        fewer = [f"{m}: {c}" for m, c in counts.items() if c < n]
-        note = f"; fewer images for {', '.join(fewer)}" if fewer else ""
-        lines += ["", f"n = {n}{note} (mean [bootstrap 95% CI])", ""]
-    return "\n".join(lines)
-
-
-def plot_curves(tables: dict[str, Any], out: Path) -> list[Path]:
-    """Writes each table's mean insertion and deletion curves, one PNG per table and kind."""
-    from captum_fdcam.visualization import curves_figure
-
-    written = []
-    for table, rows in tables.items():
-        for kind in ("insertion", "deletion"):
-            series = {m: r[f"{kind}_curve"] for m, r in rows.items() if f"{kind}_curve" in r}
-            if series:
-                path = out / f"{table.replace('/', '_')}_{kind}.png"
-                xlabel = f"fraction of pixels {'inserted' if kind == 'insertion' else 'deleted'}"
-                written.append(curves_figure(series, path, xlabel, title=f"{table}: {kind}"))
-    return written
 
 
 # ---------------------------------------------------------------------- records
@@ -520,7 +294,7 @@ class Plan:
     samples: list[Sample]
     fingerprint: dict[str, Any]
     manifest: dict[str, Any] | None  # to write into --out; None: the one there is kept
-    jobs: list[Job]
+    jobs: list[TableJob]
 
 
 def _refuse(out: Path, stored: dict[str, Any], data: str | None, plan: Plan, name: str) -> None:
@@ -535,7 +309,7 @@ def _refuse(out: Path, stored: dict[str, Any], data: str | None, plan: Plan, nam
         for key, label in _FINGERPRINT_FIELDS.items()
         if stored.get(key) != current[key]
     ]
-    raise _usage_error(
+    raise CliError(
         f"{out} holds scores of {data or 'other data'} at {size(stored)}, this run is on "
         f"{name} at {size(current)} ({'; '.join(differ) or 'settings'} differ): pass another --out"
     )
@@ -562,7 +336,7 @@ def _check_out(args: argparse.Namespace, plan: Plan, all_names: set[str]) -> Non
     out: Path = args.out
     name = args.data.name
     if out.exists() and not out.is_dir():
-        raise _usage_error(f"--out {out} is a file, not a folder")
+        raise CliError(f"--out {out} is a file, not a folder")
     manifest_path = out / MANIFEST
     stored: dict[str, Any] | None = None
     if manifest_path.exists():
@@ -571,9 +345,7 @@ def _check_out(args: argparse.Namespace, plan: Plan, all_names: set[str]) -> Non
         except ValueError:
             stored = None
         if not isinstance(stored, dict) or not isinstance(stored.get("fingerprint"), dict):
-            raise _usage_error(
-                f"{manifest_path} is not a run.json of this command: pass another --out"
-            )
+            raise CliError(f"{manifest_path} is not a run.json of this command: pass another --out")
         stored_fingerprint = stored["fingerprint"]
         if stored_fingerprint != plan.fingerprint:
             _refuse(out, stored_fingerprint, stored.get("data"), plan, name)
@@ -588,7 +360,7 @@ def _check_out(args: argparse.Namespace, plan: Plan, all_names: set[str]) -> Non
         item = key.get("item", {})
         for image, digest in zip(item.get("images", []), item.get("sha256", []), strict=False):
             if hashes.get(image, digest) != digest:
-                raise _usage_error(
+                raise CliError(
                     f"{args.data / image} is not the image of that name the scores in {out} "
                     "were computed on (another folder, or the file changed): pass another --out"
                 )
@@ -612,7 +384,7 @@ def _adopt(
     tables.md names this data and image size and every image they name is in it."""
     origin = _legacy_origin(out)
     if origin is None:
-        raise _usage_error(
+        raise CliError(
             f"{out} holds {len(legacy)} scores of an older version (no run.json) and no "
             "tables.md says what data and image size they were computed on: pass another --out"
         )
@@ -622,7 +394,7 @@ def _adopt(
     )
     if data != args.data.name or size != args.image_size or unknown:
         extra = f"; images not in {args.data}: {unknown[:3]}" if unknown else ""
-        raise _usage_error(
+        raise CliError(
             f"{out} holds scores of an older version (no run.json) computed on {data} at "
             f"{size}x{size} px, this run is on {args.data.name} at {args.image_size}x"
             f"{args.image_size} px{extra}: pass another --out"
@@ -638,42 +410,44 @@ def _adopt(
 def prepare(args: argparse.Namespace) -> Plan:
     """Checks the arguments, the data and --out, without writing anything or loading
     the model. Raises the command line's error (one line, exit code 2)."""
-    from captum_fdcam.cli import folder_images
-
     if args.limit is not None and args.limit < 1:
-        raise _usage_error(f"--limit must be at least 1 (got {args.limit})")
+        raise CliError(f"--limit must be at least 1 (got {args.limit})")
     if args.image_size < MIN_IMAGE_SIZE:
-        raise _usage_error(
+        raise CliError(
             f"--image-size must be at least {MIN_IMAGE_SIZE} for EfficientNet-Lite0, which "
             f"downsamples {MIN_IMAGE_SIZE} times (got {args.image_size})"
         )
     jobs = jobs_for(tuple(args.tables), tuple(args.cams))
-    with_grid = any("gridpg" in j.metrics for j in jobs)
+    with_grid = any("gridpg" in j.job.metrics for j in jobs)
     if with_grid and args.mosaics < 1:
-        raise _usage_error(f"--mosaics must be at least 1 (got {args.mosaics})")
+        raise CliError(f"--mosaics must be at least 1 (got {args.mosaics})")
     data: Path = args.data
     if not data.is_dir():
-        raise _usage_error(f"no such folder: {data}")
+        raise CliError(f"no such folder: {data}")
     if args.labels is None and not (data / "labels.csv").is_file() and not folder_images(data):
-        raise _usage_error(f"no images in {data} (hidden files and sub-folders are skipped)")
+        raise CliError(f"no images in {data} (hidden files and sub-folders are skipped)")
     try:
         rows = read_labels(data, args.labels, num_classes=NUM_CLASSES)
     except (FileNotFoundError, LabelsError) as err:
-        raise _usage_error(str(err)) from err
+        raise CliError(str(err)) from err
     labels = args.labels or data / "labels.csv"
     if not rows:
-        raise _usage_error(f"{labels} lists no images")
+        raise CliError(f"{labels} lists no images")
     chosen = rows[: args.limit]
     classes = {label for _, label in chosen}
     if with_grid and len(classes) < GRID_CLASSES:
-        raise _usage_error(
+        raise CliError(
             f"gridpg needs images of at least {GRID_CLASSES} classes (2x2 mosaics of distinct "
             f"classes); the {len(chosen)} images have {len(classes)}: add images or raise "
             "--limit, or leave gridpg out of --tables"
         )
-    from captum_fdcam.cli import check_images
+    from captum_fdcam.evaluation.data import read_image
 
-    check_images([p for p, _ in chosen])
+    for path, _ in chosen:  # decoded in full: a broken file fails before the model loads
+        try:
+            read_image(path)
+        except ValueError as err:
+            raise CliError(str(err)) from err
     names = [(_relative(p, data), label) for p, label in rows]
     fingerprint = {
         "labels": hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16],
@@ -733,7 +507,8 @@ def _items(model: nn.Module, samples: list[Sample], size: int, n_mosaics: int | 
     import numpy as np
     import torch
 
-    from captum_fdcam.evaluation import grid_mosaics
+    from captum_fdcam.evaluation.data import load_image
+    from captum_fdcam.evaluation.grid import grid_mosaics
 
     images = torch.cat([load_image(s.path, size) for s in samples])  # decoded once, used twice
     items = [
@@ -753,7 +528,7 @@ def _items(model: nn.Module, samples: list[Sample], size: int, n_mosaics: int | 
     try:
         mosaics = grid_mosaics(model, images, labels, n_mosaics=n_mosaics)
     except ValueError as err:  # too few confidently classified classes
-        raise _usage_error(
+        raise CliError(
             f"gridpg: {err} ({len(samples)} images): add images or raise --limit, or leave "
             "gridpg out of --tables"
         ) from err
@@ -778,16 +553,24 @@ def _items(model: nn.Module, samples: list[Sample], size: int, n_mosaics: int | 
     return items
 
 
-def record_key(job: Job, item: Item, fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """Everything one score depends on."""
+def record_key(row: TableJob, item: Item, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Everything one score depends on.
+
+    The fields are those of the records written before the registry's split of the base
+    CAM's and FG-CAM's options, so that committed score files still resume: ``method``
+    is the base CAM of a job with an FG-CAM layer, ``options`` holds the base CAM's and
+    FG-CAM's options together (no job of the tables has both), ``fg_target`` is
+    FG-CAM's layer.
+    """
+    job = row.job
     return {
         "run": fingerprint,
-        "table": job.table,
+        "table": row.table,
         "name": job.name,
-        "method": job.method,
-        "options": job.method_kwargs,
+        "method": split_fg(job.method)[0] if job.fg_layer is not None else job.method,
+        "options": {**job.method_kwargs, **job.fg_kwargs},
         "layer": job.layer,
-        "fg_target": job.fg_target,
+        "fg_target": job.fg_layer,
         "metrics": list(job.metrics),
         "item": item.key,
     }
@@ -799,12 +582,14 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     rank, world = _distributed()
     import torch
 
+    from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
+    from captum_fdcam.evaluation.scoring import score
     from captum_fdcam.models import efficientnet_lite0
 
     torch.manual_seed(0)
     model = efficientnet_lite0(pretrained=True)
-    grid_jobs = [j for j in plan.jobs if "gridpg" in j.metrics]
-    image_jobs = [j for j in plan.jobs if "gridpg" not in j.metrics]
+    grid_jobs = [j for j in plan.jobs if "gridpg" in j.job.metrics]
+    image_jobs = [j for j in plan.jobs if "gridpg" not in j.job.metrics]
     n_mosaics = args.mosaics if grid_jobs else None
     items = _items(model, plan.samples, args.image_size, n_mosaics)
     out: Path = args.out
@@ -829,7 +614,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     for item in items[rank::world]:
         for job in grid_jobs if item.grid else image_jobs:
             key = record_key(job, item, plan.fingerprint)
-            if _identity(key) not in scores.keys and (job.table, job.name, item.id) not in (
+            if _identity(key) not in scores.keys and (job.table, job.job.name, item.id) not in (
                 scores.legacy
             ):
                 todo.append((item, job, key))
@@ -839,9 +624,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     print(f"{prefix}{len(todo)} of {mine} records to compute, the others are in {out}")
     path = out / f"scores-rank{rank}.jsonl"
     with path.open("a") as handle, _progress(len(todo), rank, world, not args.quiet) as bar:
-        for item, job, key in todo:
-            scores_ = score_job(model, job, item.x, item.y, item.s)
-            record = {"table": job.table, "method": job.name, "item": item.id, "key": key}
+        for item, row, key in todo:
+            scores_ = score(model, row.job, item.x, item.y, item.s)
+            record = {"table": row.table, "method": row.job.name, "item": item.id, "key": key}
             handle.write(json.dumps({**record, "scores": scores_}) + "\n")
             handle.flush()
             bar.update(1)
@@ -897,10 +682,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cams",
         nargs="+",
-        choices=CAMS,
-        default=list(CAMS),
+        choices=cam_names(),
+        default=list(cam_names()),
         metavar="CAM",
-        help=f"the CAMs of the tables, any of {', '.join(CAMS)} (default: all)",
+        help=f"the CAMs of the tables, any of {', '.join(cam_names())} (default: all)",
     )
     parser.add_argument(
         "--limit", type=int, default=None, help="the first N images by file name (default: all)"
@@ -935,8 +720,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from captum_fdcam.cli import CliError
-
     try:
         run(args)
     except CliError as err:

@@ -29,46 +29,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from captum_fdcam import _METHOD_CLASSES
+from captum_fdcam import registry
+from captum_fdcam.errors import CliError
+from captum_fdcam.evaluation.data import (
+    IMAGE_SUFFIXES,
+    folder_images,
+    sample_image,
+)
+from captum_fdcam.evaluation.data import first_line as _first_line
+from captum_fdcam.evaluation.metric_info import per_image_metrics
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
     from torch import nn
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 OFFLINE_MODEL = "efficientnet-lite0"
-EVALUATION_METRICS = (
-    "insertion",
-    "deletion",
-    "average_drop",
-    "average_increase",
-    "pixel_flipping",
-    "faithfulness_correlation",
-)
+#: evaluate's --metrics choices: the metric table's metrics scored on single images.
+EVALUATION_METRICS = per_image_metrics()
 
-
-class CliError(Exception):
-    """A mistake in the command's arguments or files: printed as one line, exit code 2."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+# CliError (from captum_fdcam.errors), folder_images, sample_image and IMAGE_SUFFIXES (from
+# captum_fdcam.evaluation.data) stay importable from here, as before they moved.
+__all__ = ["IMAGE_SUFFIXES", "CliError", "build_parser", "folder_images", "main", "sample_image"]
 
 
 # ------------------------------------------------------------------------- inputs
-
-
-def folder_images(folder: Path) -> list[Path]:
-    """The images of a folder, sorted by name: its files with an image suffix. Hidden files
-    (``.DS_Store``, the ``._photo.jpg`` AppleDouble files macOS leaves on shared drives),
-    sub-folders and other files are skipped."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
 
 
 def image_paths(specs: Sequence[str | Path]) -> list[Path]:
@@ -91,24 +76,15 @@ def image_paths(specs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def sample_image() -> Path:
-    """The bundled sample photo: scikit-image's ``chelsea`` (a cat; public domain)."""
-    from skimage import data
-
-    return Path(data.__file__).parent / "chelsea.png"
-
-
 def read_image(path: Path) -> Image.Image:
     """The image, fully decoded, as 8-bit RGB (16-bit images scaled), or a one-line
-    error naming the file."""
-    from captum_fdcam.models import read_rgb
+    error naming the file (evaluation's loader, :func:`captum_fdcam.evaluation.read_image`)."""
+    from captum_fdcam.evaluation.data import read_image as load
 
     try:
-        return read_rgb(path)
-    # PIL's decoders raise many kinds of errors on a broken file (OSError, SyntaxError,
-    # ValueError, struct.error, DecompressionBombError, ...); all mean the same here.
-    except Exception as err:
-        raise CliError(f"cannot read image {path}: {_first_line(err)}") from err
+        return load(path)
+    except ValueError as err:
+        raise CliError(str(err)) from err
 
 
 def check_images(paths: Sequence[Path]) -> None:
@@ -231,24 +207,25 @@ def load_model(
     return LoadedModel(model.eval().to(device), _class_names(num_classes))
 
 
-def resolve_layer(model: LoadedModel, name: str | None) -> str:
-    """The layer's module name: as given (checked), or the default, printed."""
-    from captum_fdcam.evaluation import find_layer
+def resolve_layer(model: LoadedModel, name: str | None) -> str | None:
+    """The layer's module name: as given (checked), or the default, printed; None for a
+    TorchScript model, which has no named layer to hook (only input methods run on it)."""
+    from captum_fdcam.evaluation.explain import default_layer_name, find_layer
 
     if model.scripted:
-        return name or ""
+        return None
     try:
-        module = find_layer(model.module, name)
+        found = default_layer_name(model.module) if name is None else name
+        module = find_layer(model.module, found)
     except ValueError as err:
         raise CliError(str(err)) from err
-    found = next(n for n, m in model.module.named_modules() if m is module)
     if name is None:
         print(f"layer: {found} ({type(module).__name__}; default, pass --layer to change)")
     return found
 
 
 def probe_model(
-    model: LoadedModel, layer: str, size: int, device: torch.device, needs_map: bool
+    model: LoadedModel, layer: str | None, size: int, device: torch.device, needs_map: bool
 ) -> None:
     """Runs the model once on a blank ``size`` x ``size`` image: the size must suit the
     model, the output must be (1, classes), and, for layer methods, the layer must give
@@ -263,7 +240,7 @@ def probe_model(
         )
 
     hook = None
-    if needs_map and not model.scripted:
+    if needs_map and layer is not None:
         hook = model.module.get_submodule(layer).register_forward_hook(record)
     try:
         with torch.no_grad():
@@ -308,7 +285,6 @@ def probe_model(
 
 
 _MODEL_ARGUMENTS = {"forward_func", "model"}
-_FG_CLASSES = {"FGCam", "LayerFGCam"}
 
 
 def _method_problem(name: str, cls: type) -> str | None:
@@ -323,7 +299,7 @@ def _method_problem(name: str, cls: type) -> str | None:
     parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
     if not parameters or parameters[0].name not in _MODEL_ARGUMENTS:
         first = parameters[0].name if parameters else "nothing"
-        hint = "; use 'FG-' + a CAM for FG-CAM" if cls.__name__ in _FG_CLASSES else ""
+        hint = "; use 'FG-' + a CAM for FG-CAM" if cls.__name__ in registry.FG_CLASSES else ""
         return f"{name} wraps another method (it takes {first}, not a model){hint}"
     given = 2 if issubclass(cls, LayerAttribution) else 1
     missing = [p.name for p in parameters[given:] if _required(p)]
@@ -349,12 +325,11 @@ def check_methods(names: Sequence[str]) -> dict[str, bool]:
     from captum.attr import LayerGradCam as CaptumLayerGradCam
 
     from captum_fdcam import LayerCamBase
-    from captum_fdcam.evaluation import method_class
-    from captum_fdcam.evaluation.explain import FG_PREFIX
+    from captum_fdcam.evaluation.explain import method_class
 
     layered: dict[str, bool] = {}
     for name in names:
-        base = name.removeprefix(FG_PREFIX)
+        base, fg = registry.split_fg(name)
         try:
             cls = method_class(base)
         except (ValueError, TypeError) as err:
@@ -362,9 +337,9 @@ def check_methods(names: Sequence[str]) -> dict[str, bool]:
         problem = _method_problem(base, cls)
         if problem:
             raise CliError(problem)
-        if name.startswith(FG_PREFIX) and not issubclass(cls, (LayerCamBase, CaptumLayerGradCam)):
+        if fg and not issubclass(cls, (LayerCamBase, CaptumLayerGradCam)):
             raise CliError(f"{name}: FG-CAM works over a CAM (FG-Grad-CAM, ...), not {base}")
-        layered[name] = name.startswith(FG_PREFIX) or issubclass(cls, LayerAttribution)
+        layered[name] = fg or issubclass(cls, LayerAttribution)
     return layered
 
 
@@ -380,8 +355,9 @@ def check_scripted(methods: dict[str, bool], scripted: bool) -> None:
 
 def prepare_model(
     args: argparse.Namespace, methods: dict[str, bool], device: torch.device
-) -> tuple[LoadedModel, str]:
-    """The model and layer of explain and evaluate, both checked."""
+) -> tuple[LoadedModel, str | None]:
+    """The model and the layer's module name (None for TorchScript) of explain and
+    evaluate, both checked."""
     model = load_model(args.model, args.weights, args.num_classes, device)
     check_scripted(methods, model.scripted)
     layer = resolve_layer(model, args.layer)
@@ -421,7 +397,7 @@ def run_explain(args: argparse.Namespace) -> list[Path]:
     import numpy as np
     import torch
 
-    from captum_fdcam.evaluation import explain
+    from captum_fdcam.evaluation.explain import explain
     from captum_fdcam.models import denormalize, preprocess
     from captum_fdcam.visualization import comparison_figure, overlay_figure
 
@@ -437,18 +413,18 @@ def run_explain(args: argparse.Namespace) -> list[Path]:
         print(f"{path.name}: class {target}, {label}")
         maps = {}
         for method in args.methods:
-            a = explain(
-                model.module, x, [target], method=method, layer=layer or None, device=device
-            )
+            a = explain(model.module, x, [target], method=method, layer=layer, device=device)
             maps[method] = a[0, 0]
             written.append(out / f"{path.stem}.{_slug(method)}.npy")
             np.save(written[-1], maps[method])
         image = denormalize(x)[0].permute(1, 2, 0).cpu().numpy()
-        title = f"{path.name}: {label}" + (f", layer {layer}" if layer else "")
-        written.append(overlay_figure(image, maps, out / f"{path.stem}.png", title=title))
+        title = f"{path.name}: {label}"
+        written.append(
+            overlay_figure(image, maps, out / f"{path.stem}.png", title=title, layer=layer)
+        )
         rows.append((f"{path.name}\n{model.categories[target]}", image, maps))
     if len(rows) > 1:
-        written.append(comparison_figure(rows, out / "comparison.png"))
+        written.append(comparison_figure(rows, out / "comparison.png", layer=layer))
     print(f"wrote {len(written)} files to {out}")
     return written
 
@@ -460,7 +436,7 @@ def _targets(folder: Path, paths: list[Path], labels: Path | None) -> dict[Path,
     """Each image's class from the labels file (file names relative to the image folder)."""
     if labels is None:
         return None
-    from captum_fdcam.benchmark import read_labels
+    from captum_fdcam.evaluation.data import read_labels
 
     try:
         pairs = read_labels(folder, labels)
@@ -507,10 +483,11 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from captum_fdcam.benchmark import Job, markdown, plot_curves, score_job, summarise
+    from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
+    from captum_fdcam.evaluation.scoring import Job, score
     from captum_fdcam.models import preprocess
 
-    jobs = [Job("evaluate", m, m, layer or None, metrics=tuple(args.metrics)) for m in args.methods]
+    jobs = [Job(m, m, layer, metrics=tuple(args.metrics)) for m in args.methods]
     out.mkdir(parents=True, exist_ok=True)
     records = []
     with (out / "scores.jsonl").open("w") as handle:
@@ -522,7 +499,7 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 y = np.array([targets[path]])
             for job in jobs:
-                scores = score_job(model.module, job, x.cpu().numpy(), y, None)
+                scores = score(model.module, job, x.cpu().numpy(), y)
                 record = {"table": "evaluate", "method": job.name, "item": path.name}
                 records.append({**record, "scores": scores})
                 handle.write(json.dumps(records[-1]) + "\n")
@@ -620,8 +597,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["Grad-CAM", "FD-CAM"],
         metavar="METHOD",
-        help=f"any of {', '.join(_METHOD_CLASSES)}; 'FG-' + one of them for FG-CAM at the "
-        "input; or a Captum attribution class name (IntegratedGradients, LayerGradCam, ...)",
+        help=f"any of {', '.join(registry.cam_names())}; 'FG-' + one of them for FG-CAM at "
+        "the input; the LRP baselines "
+        f"{', '.join(m.class_name for m in registry.REGISTRY if not m.layer)}; or a Captum "
+        "attribution class name (IntegratedGradients, LayerGradCam, ...)",
     )
     parser.add_argument(
         "--image-size",

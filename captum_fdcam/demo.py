@@ -1,9 +1,10 @@
-"""The main job: explain a bundled photograph with the offline ImageNet model.
+"""The main job: ``captum-fdcam explain`` on the bundled photograph, with every method.
 
-Runs every CAM method of the library on scikit-image's ``chelsea`` photo (a cat;
-public domain, shipped inside scikit-image) with pretrained EfficientNet-Lite0,
-prints the model's top-5 classes, and writes one PNG: the photo and one overlay
-per method, all explaining the top class at ``model.head_activation``.
+Runs the ``explain`` command with fixed arguments: scikit-image's ``chelsea`` photo (a
+cat; public domain, shipped inside scikit-image), the offline pretrained
+EfficientNet-Lite0, its top class, at ``model.head_activation``, with every CAM of the
+registry (:mod:`captum_fdcam.registry`) and FG-Grad-CAM (FG-CAM at the input over
+Grad-CAM), and writes one PNG: the photo and an overlay per method.
 
 Usage::
 
@@ -13,58 +14,47 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
+from captum_fdcam import cli
+from captum_fdcam.errors import CliError
+from captum_fdcam.evaluation.data import sample_image
+from captum_fdcam.registry import FG_PREFIX, cam_names
 
-from captum_fdcam import METHODS
-from captum_fdcam.models import (
-    denormalize,
-    efficientnet_lite0,
-    imagenet_categories,
-    preprocess,
-    read_rgb,
-)
-from captum_fdcam.visualization import overlay_figure, upsample
+#: The FG-CAM row of the figure.
+FG_METHOD = FG_PREFIX + "Grad-CAM"
 
 
-def _load_image(path: str | None) -> np.ndarray:
-    if path is None:
-        from skimage import data
-
-        return data.chelsea()
-    return np.asarray(read_rgb(path))
+def demo_methods() -> list[str]:
+    """Every CAM of the registry, then FG-Grad-CAM: each family of the library."""
+    return [*cam_names(), FG_METHOD]
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="figures/demo.png", help="figure to write")
-    parser.add_argument("--image", default=None, help="photo (default: skimage chelsea)")
+    """Writes the figure and returns its path; a mistake (an unreadable ``--image``, ...)
+    is one line on stderr and exit code 2, as for ``captum-fdcam explain``."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("figures/demo.png"), help="figure")
+    parser.add_argument("--image", type=Path, default=None, help="photo (default: chelsea)")
     args = parser.parse_args(argv)
-
-    model = efficientnet_lite0(pretrained=True)
-    layer = model.head_activation
-    x = preprocess(_load_image(args.image))
-    with torch.no_grad():
-        probs = model(x).softmax(dim=-1)[0]
-    categories = imagenet_categories()
-    top = probs.topk(5)
-    print("Top-5 classes (EfficientNet-Lite0):")
-    for rank, (p, idx) in enumerate(zip(top.values, top.indices, strict=True), start=1):
-        print(f"  {rank}. {categories[idx]:<24s} {p.item():6.2%}  (class {idx.item()})")
-    target = int(top.indices[0])
-
-    maps = {}
-    for name, method in METHODS.items():
-        cam = method(model, layer).attribute(x, target=target, relu_attributions=True)
-        maps[name] = upsample(cam, x.shape[-2:])
-    image = denormalize(x)[0].permute(1, 2, 0).numpy()
-    path = overlay_figure(
-        image, maps, args.out, title=f"EfficientNet-Lite0, class: {categories[target]}"
-    )
-    print(f"Wrote {path} ({', '.join(maps)})")
-    return path
+    image = args.image or sample_image()
+    with tempfile.TemporaryDirectory() as folder:
+        command = ["explain", str(image), "--methods", *demo_methods(), "--out", folder]
+        explain_args = cli.build_parser().parse_args([*command, "--quiet"])
+        try:
+            written = cli.run_explain(explain_args)
+        except CliError as err:
+            print(f"captum_fdcam.demo: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from err
+        # explain also writes each map as .npy; the demo keeps only the figure.
+        figure = next(p for p in written if p.name == f"{image.stem}.png")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(figure, args.out)
+    print(f"Wrote {args.out} ({', '.join(demo_methods())})")
+    return args.out
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captum_fdcam.benchmark import bootstrap_ci, jobs_for, main, read_labels
+from captum_fdcam.benchmark import jobs_for, main
+from captum_fdcam.evaluation import bootstrap_ci, read_labels
 
 pytest.importorskip("efficientnet_lite_pytorch")
 
@@ -91,7 +92,7 @@ def test_labels_and_jobs(folder: Path, tmp_path: Path) -> None:
     assert [p.name for p, _ in read_labels(folder)] == [f"img{i}.png" for i in range(4)]
     with pytest.raises(FileNotFoundError, match="labels"):
         read_labels(tmp_path)
-    names = [j.name for j in jobs_for(("fgcam-input",), ("Grad-CAM", "Score-CAM"))]
+    names = [j.job.name for j in jobs_for(("fgcam-input",), ("Grad-CAM", "Score-CAM"))]
     assert names == [
         "LRP",
         "CLRP",

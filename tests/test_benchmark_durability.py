@@ -14,15 +14,8 @@ import pytest
 from PIL import Image
 
 from captum_fdcam import benchmark, cli
-from captum_fdcam.benchmark import (
-    DEFAULT_OUT,
-    LabelsError,
-    main,
-    parse_args,
-    read_labels,
-    read_scores,
-    summarise,
-)
+from captum_fdcam.benchmark import DEFAULT_OUT, main, parse_args, read_scores
+from captum_fdcam.evaluation import LabelsError, read_labels, summarise
 
 pytest.importorskip("efficientnet_lite_pytorch")
 

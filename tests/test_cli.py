@@ -67,7 +67,8 @@ def test_explain_the_bundled_photo(tmp_path: Path, offline: torch.nn.Module, cap
         expected = explain(offline, x, [285], method=method, layer="head_activation")[0, 0]
         np.testing.assert_allclose(saved, expected, rtol=1e-4, atol=1e-7)
     with Image.open(out / "chelsea.png") as figure:
-        assert figure.width > 2.5 * figure.height > 0  # photo + two overlays side by side
+        # photo + two overlays side by side (the colour bar and layer line add height)
+        assert figure.width > 2 * figure.height > 0
 
 
 def test_explain_a_folder_with_a_torchvision_model(tmp_path: Path, photos: Path) -> None:

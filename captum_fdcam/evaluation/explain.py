@@ -24,11 +24,9 @@ import torch
 from captum.attr import Attribution, LayerAttribution
 from torch import Tensor, nn
 
-import captum_fdcam
+from captum_fdcam import registry
+from captum_fdcam.evaluation.saliency import channel_sum
 from captum_fdcam.methods.fine_grained import FGCam, LayerFGCam
-
-#: Prefix of a name that asks for FG-CAM at the input over a CAM: "FG-Grad-CAM".
-FG_PREFIX = "FG-"
 
 
 def method_class(method: str | type) -> type:
@@ -38,17 +36,37 @@ def method_class(method: str | type) -> type:
         if not issubclass(method, Attribution):
             raise TypeError(f"{method.__name__} is not a Captum Attribution class.")
         return method
-    if method in captum_fdcam.METHODS:
-        return captum_fdcam.METHODS[method]
+    import captum_fdcam
+
+    info = registry.find(method)
+    # The registry's display names of its CAMs first; "LRP" stays Captum's LRP, as the
+    # name of an attribution class of captum.attr (PropagationLRP is this library's).
+    if info is not None and (info.layer or info.class_name == method):
+        return registry.load_class(info)
     for namespace in (captum_fdcam, captum.attr):
         found = getattr(namespace, method, None)
         if isinstance(found, type) and issubclass(found, Attribution):
             return found
-    known = ", ".join(sorted(captum_fdcam.METHODS))
+    known = ", ".join(sorted(registry.cam_names()))
     raise ValueError(
         f"Unknown method {method!r}: use one of {known}, 'FG-' + one of them, or the name "
         "of an attribution class of captum_fdcam or captum.attr."
     )
+
+
+def default_layer_name(model: nn.Module) -> str:
+    """The module name of the layer :func:`find_layer` explains by default: the offline
+    model's ``head_activation``, else the model's last ``Conv2d``.
+
+    Raises:
+        ValueError: the model has neither.
+    """
+    if isinstance(getattr(model, "head_activation", None), nn.Module):
+        return "head_activation"
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("The model has no Conv2d layer: pass layer=<module name>.")
+    return convs[-1]
 
 
 def find_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
@@ -69,29 +87,41 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
             return model.get_submodule(layer)
         except AttributeError as err:
             raise ValueError(f"The model has no module named {layer!r}.") from err
-    head = getattr(model, "head_activation", None)
-    if isinstance(head, nn.Module):
-        return head
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError("The model has no Conv2d layer: pass layer=<module name>.")
-    return convs[-1]
+    return model.get_submodule(default_layer_name(model))
 
 
 def _build(
-    model: nn.Module, method: str | type, layer: str | nn.Module | None, options: Mapping
+    model: nn.Module,
+    method: str | type,
+    layer: str | nn.Module | None,
+    options: Mapping[str, Any],
+    fg_layer: str | nn.Module | None,
+    fg_options: Mapping[str, Any] | None,
 ) -> tuple[Attribution, bool]:
     """The attribution object, and whether it explains a layer (then upsampled)."""
-    if isinstance(method, str) and method.startswith(FG_PREFIX):
-        base_class = method_class(method[len(FG_PREFIX) :])
-        base = base_class(model, find_layer(model, layer))
-        return FGCam(base, **options), False
-    cls = method_class(method)
-    if issubclass(cls, LayerFGCam):
-        raise ValueError("LayerFGCam explains a layer; use 'FG-<CAM>' for FG-CAM at the input.")
-    if issubclass(cls, LayerAttribution):
-        return cls(model, find_layer(model, layer), **options), True
-    return cls(model, **options), False
+    base_name, fg = registry.split_fg(method) if isinstance(method, str) else (method, False)
+    if not fg:
+        if fg_layer is not None or fg_options:
+            raise ValueError(
+                f"fg_layer and fg_kwargs are FG-CAM's: use method='FG-{base_name}' "
+                "(or leave them out)."
+            )
+        cls = method_class(method)
+        if issubclass(cls, (FGCam, LayerFGCam)):
+            raise ValueError(
+                f"{cls.__name__} wraps a CAM: use method='FG-<CAM>' (FG-CAM at the input, or "
+                "at fg_layer with fg_layer=...)."
+            )
+        if issubclass(cls, LayerAttribution):
+            return cls(model, find_layer(model, layer), **options), True
+        return cls(model, **options), False
+    info = registry.find(base_name)
+    if info is not None and not info.fg:
+        raise ValueError(f"{method}: FG-CAM works over a CAM (FG-Grad-CAM, ...), not {base_name}.")
+    base = method_class(base_name)(model, find_layer(model, layer), **options)
+    if fg_layer is None:
+        return FGCam(base, **(fg_options or {})), False
+    return LayerFGCam(base, find_layer(model, fg_layer), **(fg_options or {})), True
 
 
 def explain(
@@ -102,6 +132,8 @@ def explain(
     method: str | type = "Grad-CAM",
     layer: str | nn.Module | None = None,
     method_kwargs: Mapping[str, Any] | None = None,
+    fg_layer: str | nn.Module | None = None,
+    fg_kwargs: Mapping[str, Any] | None = None,
     attribute_kwargs: Mapping[str, Any] | None = None,
     relu_attributions: bool = True,
     batch_size: int = 16,
@@ -114,13 +146,19 @@ def explain(
         model: the model (left on its device and in its mode; use eval mode).
         inputs: (N, C, H, W) images (numpy or torch).
         targets: the class of each image (or one for all).
-        method: a name (``"Grad-CAM"``, ``"FD-CAM"``, ``"FG-Grad-CAM"`` for FG-CAM at
-            the input, ``"LayerFDCam"``, a Captum class name such as
-            ``"IntegratedGradients"``) or an attribution class.
-        layer: the layer of layer methods, a module or its name; default: the
-            offline model's ``head_activation``, else the model's last ``Conv2d``.
-        method_kwargs: options of the method's constructor (``group_fraction``,
-            ``denoise``, ...).
+        method: a name (``"Grad-CAM"``, ``"FD-CAM"``, ``"FG-Grad-CAM"`` for FG-CAM over
+            Grad-CAM, ``"LayerFDCam"``, a Captum class name such as
+            ``"IntegratedGradients"``; see :mod:`captum_fdcam.registry`) or an
+            attribution class.
+        layer: the layer of layer methods (for ``"FG-"`` names: the base CAM's), a
+            module or its name; default: the offline model's ``head_activation``,
+            else the model's last ``Conv2d``.
+        method_kwargs: options of the method's constructor; for ``"FG-"`` names, of the
+            base CAM's (``group_fraction``, ``perturbations_per_eval``, ...).
+        fg_layer: for ``"FG-"`` names: FG-CAM's layer (``LayerFGCam``, shallower than
+            ``layer``), a module or its name; default: the input (``FGCam``).
+        fg_kwargs: for ``"FG-"`` names: FG-CAM's options (``denoise``,
+            ``singular_values``, ``rules``, ...).
         attribute_kwargs: further arguments of ``attribute``.
         relu_attributions: the papers' ReLU on CAM maps (ignored by methods without
             that argument). Default: True
@@ -153,7 +191,7 @@ def explain(
         y = y.expand(len(x))
     if len(y) != len(x):
         raise ValueError(f"{len(y)} targets for {len(x)} inputs.")
-    attribution, is_layer = _build(model, method, layer, method_kwargs or {})
+    attribution, is_layer = _build(model, method, layer, method_kwargs or {}, fg_layer, fg_kwargs)
     options = dict(attribute_kwargs or {})
     if "relu_attributions" in inspect.signature(attribution.attribute).parameters:
         options.setdefault("relu_attributions", relu_attributions)
@@ -163,9 +201,8 @@ def explain(
         attr = attribution.attribute(chunk, target=y[start : start + batch_size], **options)
         if is_layer:
             attr = LayerAttribution.interpolate(attr, tuple(chunk.shape[-2:]), "bilinear")
-        if attr.shape[1] != 1:
-            # Input attributions per colour channel, and layer attributions per channel
-            # (Captum's LayerConductance, LayerGradientXActivation, ...): one map each.
-            attr = attr.sum(dim=1, keepdim=True)
+        # Input attributions per colour channel, and layer attributions per channel
+        # (Captum's LayerConductance, LayerGradientXActivation, ...): one map each.
+        attr = channel_sum(attr)
         maps.append(attr.detach().float().cpu())
     return torch.cat(maps).numpy()

@@ -25,6 +25,8 @@ from quantus.helpers.enums import DataType, EvaluationCategory, ModelType, Score
 from quantus.metrics.base import Metric
 from torchvision.transforms.functional import gaussian_blur
 
+from captum_fdcam.evaluation.saliency import channel_sum
+
 
 def blur_images(x: np.ndarray, kernel_size: int, sigma: float) -> np.ndarray:
     """Gaussian blur of (N, C, H, W) images (torchvision's, reflect padding)."""
@@ -37,8 +39,7 @@ def blur_images(x: np.ndarray, kernel_size: int, sigma: float) -> np.ndarray:
 
 def pixel_ranking(a: np.ndarray) -> np.ndarray:
     """Pixel indices (flattened H x W) from most to least important, ties in index order."""
-    saliency = a.sum(axis=0).reshape(-1) if a.ndim == 3 else a.reshape(-1)
-    return np.argsort(-saliency, kind="stable")
+    return np.argsort(-channel_sum(a).reshape(-1), kind="stable")
 
 
 def curve_auc(scores: np.ndarray) -> float:
@@ -272,8 +273,7 @@ class _KeepHalfMetric(_PixelMetric):
         order = pixel_ranking(a)
         count = round(self.keep * h * w)
         if self.positive_only:
-            saliency = a.sum(axis=0).reshape(-1) if a.ndim == 3 else a.reshape(-1)
-            count = min(count, int((saliency > 0).sum()))
+            count = min(count, int((channel_sum(a) > 0).sum()))
         mask = np.zeros(h * w, dtype=bool)
         mask[order[:count]] = True
         blurred = blur_images(x[None], self.blur_kernel_size, self.blur_sigma)[0]
@@ -360,7 +360,7 @@ class GridPointingGame(_PixelMetric):
             raise ValueError("GridPointingGame needs s_batch: the mask of each explained cell.")
         scores = []
         for a, s in zip(a_batch, s_batch, strict=True):
-            positive = np.clip(a.sum(axis=0) if a.ndim == 3 else a, 0, None)
+            positive = np.clip(channel_sum(a).reshape(a.shape[-2:]), 0, None)
             cell = s.reshape(s.shape[-2:]).astype(bool)
             total = positive.sum()
             scores.append(float(positive[cell].sum() / total) if total > 0 else 0.0)

@@ -1,0 +1,110 @@
+"""Summaries of scores: means with bootstrap confidence intervals, markdown tables that
+say each metric's direction and unit, and the mean insertion/deletion curves as plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from captum_fdcam.evaluation.metric_info import legend
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean."""
+    import numpy as np
+
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (samples, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per table, method and metric: mean, 95% CI and count; the overall AUC too."""
+    import numpy as np
+
+    grouped: dict[tuple[str, str], dict[str, list[float]]] = {}
+    curves: dict[tuple[str, str, str], list[list[float]]] = {}
+    for r in records:
+        slot = grouped.setdefault((r["table"], r["method"]), {})
+        for key, value in r["scores"].items():
+            if key.endswith("_curve"):
+                curves.setdefault((r["table"], r["method"], key), []).append(value)
+            else:
+                slot.setdefault(key, []).append(value)
+        if {"insertion", "deletion"} <= r["scores"].keys():
+            slot.setdefault("overall", []).append(
+                r["scores"]["insertion"] - r["scores"]["deletion"]
+            )
+    tables: dict[str, Any] = {}
+    for (table, method), metrics in grouped.items():
+        row = tables.setdefault(table, {}).setdefault(method, {})
+        for key, values in metrics.items():
+            array = np.asarray(values, dtype=np.float64)
+            low, high = bootstrap_ci(array)
+            row[key] = {"mean": float(array.mean()), "ci95": [low, high], "n": len(array)}
+        for (t, m, key), items in curves.items():
+            if t == table and m == method:
+                length = min(len(c) for c in items)
+                row[key] = np.mean([c[:length] for c in items], axis=0).tolist()
+    return tables
+
+
+def _count(row: dict[str, Any]) -> int:
+    return max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
+
+
+def markdown(tables: dict[str, Any], header: str) -> str:
+    """The tables as markdown under ``header``: first what each metric measures (which
+    direction is better, its unit), then per table a row per method, each cell the
+    mean over images with its bootstrap 95% CI."""
+    lines = [header, ""]
+    names = [
+        k
+        for rows in tables.values()
+        for row in rows.values()
+        for k in row
+        if not k.endswith("_curve")
+    ]
+    described = legend(list(dict.fromkeys(names)))
+    if described:
+        lines += ["Metrics (direction and unit):", "", *described, ""]
+    for table, rows in tables.items():
+        keys = [k for k in next(iter(rows.values())) if not k.endswith("_curve")]
+        lines += [f"## {table}", "", "| method | " + " | ".join(keys) + " |"]
+        lines.append("|---|" + "---:|" * len(keys))
+        for method, row in rows.items():
+            cells = []
+            for k in keys:
+                cell = row.get(k)
+                if cell is None:
+                    cells.append("—")
+                else:
+                    low, high = cell["ci95"]
+                    cells.append(f"{cell['mean']:.4f} [{low:.4f}, {high:.4f}]")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        counts = {m: _count(r) for m, r in rows.items()}
+        n = max(counts.values())
+        fewer = [f"{m}: {c}" for m, c in counts.items() if c < n]
+        note = f"; fewer images for {', '.join(fewer)}" if fewer else ""
+        lines += ["", f"n = {n}{note} (mean [bootstrap 95% CI])", ""]
+    return "\n".join(lines)
+
+
+def plot_curves(tables: dict[str, Any], out: Path) -> list[Path]:
+    """Writes each table's mean insertion and deletion curves, one PNG per table and kind."""
+    from captum_fdcam.visualization import curves_figure
+
+    written = []
+    for table, rows in tables.items():
+        for kind in ("insertion", "deletion"):
+            series = {m: r[f"{kind}_curve"] for m, r in rows.items() if f"{kind}_curve" in r}
+            if series:
+                path = out / f"{table.replace('/', '_')}_{kind}.png"
+                xlabel = f"fraction of pixels {'inserted' if kind == 'insertion' else 'deleted'}"
+                written.append(curves_figure(series, path, xlabel, title=f"{table}: {kind}"))
+    return written

@@ -1,0 +1,148 @@
+"""Scoring a method on images: what to score (:class:`Job`), the metrics, one image's
+scores (:func:`score`).
+
+``captum-fdcam evaluate`` and the benchmark's tables both score through here::
+
+    job = Job("FD-CAM", "FD-CAM", layer="layer4", metrics=("insertion", "deletion"))
+    scores = score(model, job, x, y)   # {"insertion": 0.61, "insertion_curve": [...], ...}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from captum_fdcam.evaluation.metric_info import METRICS
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Job:
+    """One attribution method, at one layer, scored by some metrics.
+
+    Attributes:
+        name: the row's name in the tables (``"FD-CAM, no grouping"``).
+        method: what :func:`~captum_fdcam.evaluation.explain` runs (``"FD-CAM"``,
+            ``"FG-Grad-CAM"``, ``"PropagationLRP"``, a Captum class name).
+        layer: the explained layer's module name (for ``"FG-"`` methods: the base
+            CAM's); None: the model's default layer, or no layer for input methods.
+        method_kwargs: options of the method's constructor (the base CAM's for ``"FG-"``).
+        metrics: names of :data:`~captum_fdcam.evaluation.metric_info.METRICS`.
+        fg_layer: FG-CAM's layer for ``"FG-"`` methods; None: the input.
+        fg_kwargs: FG-CAM's options for ``"FG-"`` methods (``denoise``, ...).
+        positive_only: average drop / increase keep only positively attributed pixels
+            when fewer than half are (FG-CAM's setting for its input-layer tables).
+    """
+
+    name: str
+    method: str
+    layer: str | None = None
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    metrics: tuple[str, ...] = ("insertion", "deletion")
+    fg_layer: str | None = None
+    fg_kwargs: dict[str, Any] = field(default_factory=dict)
+    positive_only: bool = False
+
+
+def make_metric(name: str, size: int = 224, positive_only: bool = False) -> Any:
+    """The Quantus metric called ``name`` (a key of ``METRICS``), configured as the
+    papers use it on ``size`` x ``size`` images.
+
+    Raises:
+        ValueError: an unknown name, or one that is not scored on its own (``overall``).
+    """
+    import quantus
+
+    from captum_fdcam.evaluation.metrics import (
+        AverageDrop,
+        AverageIncrease,
+        Deletion,
+        GridPointingGame,
+        Insertion,
+    )
+
+    common = {"disable_warnings": True}
+    keep_half = {"positive_only": positive_only, **common}
+    if name == "insertion":
+        return Insertion(pixels_per_step=0.036, **common)
+    if name == "deletion":
+        return Deletion(pixels_per_step=0.036, **common)
+    if name == "average_drop":
+        return AverageDrop(**keep_half)
+    if name == "average_increase":
+        return AverageIncrease(**keep_half)
+    if name == "gridpg":
+        return GridPointingGame(**common)
+    if name == "pixel_flipping":  # Quantus's own; score takes the AUC of its curve
+        step = size * 8 if size % 8 == 0 else size  # 28 steps at 224 x 224
+        return quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", **common)
+    if name == "faithfulness_correlation":  # Quantus's own (Bhatt et al., 2020)
+        return quantus.FaithfulnessCorrelation(
+            subset_size=size, return_aggregate=False, abs=False, **common
+        )
+    known = ", ".join(n for n in METRICS if n != "overall")
+    raise ValueError(f"Unknown metric {name!r}: use one of {known}.")
+
+
+def attribution(model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The job's (N, 1, H, W) maps of images ``x`` for classes ``y``."""
+    from captum_fdcam.evaluation.explain import explain
+
+    return explain(
+        model,
+        x,
+        y,
+        method=job.method,
+        layer=job.layer,
+        method_kwargs=job.method_kwargs,
+        fg_layer=job.fg_layer,
+        fg_kwargs=job.fg_kwargs,
+    )
+
+
+def score(
+    model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+) -> dict[str, Any]:
+    """The job's scores of one image.
+
+    Args:
+        model: the classifier, in eval mode.
+        job: what to explain and which metrics to compute.
+        x: (1, C, H, W) the image, preprocessed.
+        y: (1,) its class.
+        s: (1, 1, H, W) the explained cell's mask, for ``gridpg``.
+
+    Returns:
+        Each metric's score, each curve metric's curve as ``<metric>_curve``, and
+        ``constant_map: 1.0`` when the map was constant (then ranked by pixel index).
+
+    Raises:
+        FloatingPointError: the method gave a map with NaN or infinite values.
+    """
+    import numpy as np
+
+    from captum_fdcam.evaluation.metrics import curve_auc
+
+    a = attribution(model, job, x, y)
+    if not np.isfinite(a).all():
+        raise FloatingPointError(f"{job.name} gave a non-finite map.")
+    out: dict[str, Any] = {}
+    if float(a.max()) == float(a.min()):
+        # Quantus refuses constant maps. One ranks pixels by index (stable order),
+        # which a decreasing ramp reproduces; the record says so.
+        a = np.linspace(1.0, 0.5, a.size, dtype=np.float32).reshape(a.shape)
+        out["constant_map"] = 1.0
+    for name in job.metrics:
+        metric = make_metric(name, x.shape[-1], job.positive_only)
+        value = metric(model, x, y, a_batch=a, s_batch=s)
+        if name == "pixel_flipping":
+            # Quantus's return_auc_per_sample calls np.trapz, which numpy 2.4 removed.
+            out[name] = curve_auc(np.asarray(value[0], dtype=np.float64))
+        else:
+            out[name] = float(value[0])
+        if hasattr(metric, "curves"):
+            out[f"{name}_curve"] = [float(v) for v in metric.curves[0]]
+    return out
