@@ -23,6 +23,7 @@ from numbers import Integral
 from torch import Tensor
 
 from captum_fdcam._core.validation import check_integer, python_scalar
+from captum_fdcam.errors import FeatureMapError
 
 
 class TokensToGrid:
@@ -52,7 +53,7 @@ class TokensToGrid:
 
     def __call__(self, tokens: Tensor) -> Tensor:
         if tokens.dim() != 3:
-            raise ValueError(
+            raise FeatureMapError(
                 f"TokensToGrid expects tokens of shape (N, tokens, C), got {tuple(tokens.shape)}."
             )
         n, count, channels = tokens.shape
@@ -60,7 +61,7 @@ class TokensToGrid:
         if self.grid_size is None:
             side = math.isqrt(max(patches, 0))
             if patches < 1 or side * side != patches:
-                raise ValueError(
+                raise FeatureMapError(
                     f"{count} tokens less {self.prefix_tokens} prefix token(s) leave {patches} "
                     "patch tokens, not a square grid: pass grid_size=(h, w) or the right "
                     "prefix_tokens."
@@ -69,7 +70,7 @@ class TokensToGrid:
         else:
             h, w = self.grid_size
             if h * w != patches:
-                raise ValueError(
+                raise FeatureMapError(
                     f"grid_size {h}x{w} needs {h * w} patch tokens, got {patches} "
                     f"({count} tokens less {self.prefix_tokens} prefix token(s))."
                 )
@@ -85,7 +86,7 @@ class ChannelsLastToFirst:
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
-            raise ValueError(
+            raise FeatureMapError(
                 f"ChannelsLastToFirst expects (N, h, w, C), got shape {tuple(x.shape)}."
             )
         return x.permute(0, 3, 1, 2)

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from captum_fdcam.errors import ModelOutputError
+
 
 class SegmentationTarget(nn.Module):
     """A segmentation model as a model of one score per class: the class's logits summed
@@ -70,7 +72,7 @@ class SegmentationTarget(nn.Module):
             output = output[self.output_key]
         if not isinstance(output, Tensor) or output.dim() != 4:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
+            raise ModelOutputError(
                 f"SegmentationTarget needs (N, C, H, W) per-pixel scores, got {shape}."
             )
         return output

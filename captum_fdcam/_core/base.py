@@ -44,6 +44,7 @@ from captum_fdcam._core.validation import (
     check_gradients_possible,
     check_inputs,
     check_layer,
+    check_no_script_modules,
     layer_name,
     owning_module,
     select_target_scores,
@@ -126,16 +127,21 @@ def _buffers_restored(model: Module | None) -> Iterator[None]:
 
 @contextmanager
 def attribution_call(
-    forward_func: Callable[..., Any], method: str, perturbs: bool
+    forward_func: Callable[..., Any], method: str, perturbs: bool, *, propagates: bool = False
 ) -> Iterator[None]:
-    """What every attribution of this library runs inside.
+    """What every attribution of this library runs inside (the CAMs, FG-CAM, LRP, CLRP,
+    SGLRP, FD-CAM's ``channel_scores``).
 
     - compiled parts of the model run eagerly (:func:`run_eagerly`: a compiled graph
       may skip this call's hooks);
     - a model in training mode gets its buffers back afterwards, and a perturbation
-      method warns about it (:func:`warn_if_training`).
+      method warns about it (:func:`warn_if_training`);
+    - a method that hooks every module (``propagates``: FG-CAM, LRP) refuses a model
+      with a TorchScript module, with a message that says so.
     """
     model = owning_module(uncompiled(forward_func))
+    if propagates and model is not None:
+        check_no_script_modules(model, method)
     if perturbs and model is not None:
         warn_if_training(model, method)
     with _buffers_restored(model), run_eagerly(forward_func):

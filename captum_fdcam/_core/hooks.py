@@ -20,6 +20,7 @@ from torch.nn import Module
 from torch.utils.hooks import RemovableHandle
 
 from captum_fdcam._core.layout import FeatureLayout
+from captum_fdcam.errors import FeatureMapError, LayerError
 
 
 def _as_tensor_tuple(value: Any, layer_name: str, where: str) -> tuple[tuple[Tensor, ...], bool]:
@@ -95,7 +96,7 @@ class LayerCapture:
     @property
     def activations(self) -> tuple[Tensor, ...]:
         if self._activations is None:
-            raise ValueError(
+            raise LayerError(
                 f"Layer {self.layer_name} was not called during the forward pass: "
                 "choose a module that the model actually runs."
             )
@@ -104,7 +105,7 @@ class LayerCapture:
     def _capture(self, value: Any, where: str) -> Any:
         self.calls += 1
         if self.calls > 1:
-            raise ValueError(
+            raise LayerError(
                 f"Layer {self.layer_name} is called more than once in one forward pass; "
                 "a CAM needs a layer that runs once (modules shared by several parts of "
                 "the network, e.g. one activation module reused, cannot be explained): "
@@ -112,7 +113,7 @@ class LayerCapture:
             )
         tensors, single = _as_tensor_tuple(value, self.layer_name, where)
         if self.layout.transform is not None and len(tensors) != 1:
-            raise ValueError(
+            raise FeatureMapError(
                 f"The {where} of layer {self.layer_name} is {len(tensors)} tensors; "
                 "reshape_transform applies to a layer with a single output (input)."
             )

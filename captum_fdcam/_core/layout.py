@@ -27,6 +27,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from captum_fdcam.errors import FeatureMapError
+
 MOVES_ONLY = (
     "does more than move values (its output must be some of its input's values, each "
     "used once, rearranged: not scaled, combined or duplicated)"
@@ -54,8 +56,8 @@ class FeatureLayout:
         self._map_shape: tuple[int, ...] | None = None
         self._raw_shape: tuple[int, ...] | None = None
 
-    def _fail(self, problem: str) -> ValueError:
-        return ValueError(
+    def _fail(self, problem: str) -> FeatureMapError:
+        return FeatureMapError(
             f"reshape_transform of layer {self.layer_name} {problem}. It must take the "
             "layer's output (N, ...) to an (N, C, h, w) feature map by moving values only "
             "(reshape, permute, transpose, slicing, dropping tokens), as "
@@ -70,7 +72,7 @@ class FeatureLayout:
         """
         if self.transform is None:
             if raw.dim() != 4:
-                raise ValueError(
+                raise FeatureMapError(
                     f"The {where} of layer {self.layer_name} has shape {tuple(raw.shape)}; "
                     "CAM methods need a 4-D (N, C, H, W) feature map: choose a "
                     "convolutional layer, or pass reshape_transform (e.g. "

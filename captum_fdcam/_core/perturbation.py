@@ -27,11 +27,12 @@ from captum_fdcam._core.hooks import LayerCapture
 from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.replay import PreLayerRecorder, ReplayError, replay
 from captum_fdcam._core.validation import check_integer, select_target_scores
+from captum_fdcam.errors import ModelOutputError, NonFiniteError
 
 ScoreType = Literal["logit", "probability"]
 
 
-class NonFiniteScoreError(ValueError):
+class NonFiniteScoreError(NonFiniteError):
     """The model's target score on a perturbed copy is NaN or infinite."""
 
 
@@ -125,7 +126,9 @@ class PerturbationEngine:
         output = output.to(score_dtype(output.dtype))
         if score == "probability":
             if output.dim() < 2:
-                raise ValueError("score='probability' needs a model output of shape (N, C, ...).")
+                raise ModelOutputError(
+                    "score='probability' needs a model output of shape (N, C, ...)."
+                )
             output = output.softmax(dim=1)
         rows = None if self.target_rows is None else [self.target_rows[sample]] * len(output)
         scores = select_target_scores(output, rows)

@@ -13,6 +13,15 @@ from captum._utils.typing import TargetType
 from torch import Tensor
 from torch.nn import Module
 
+from captum_fdcam.errors import (
+    GradientsDisabledError,
+    InputError,
+    LayerError,
+    ModelOutputError,
+    TargetError,
+    TorchScriptError,
+)
+
 
 def owning_module(forward_func: Callable[..., Any]) -> Module | None:
     """The ``nn.Module`` behind ``forward_func`` (the module or its bound method), if any."""
@@ -89,13 +98,25 @@ def check_layer(forward_func: Callable[..., Any], layer: Module) -> None:
     # the cause), and a ScriptModule layer fails only later, when the hook is registered.
     for module, role in ((layer, "layer"), (model, "model")):
         if isinstance(module, torch.jit.ScriptModule):
-            raise TypeError(
+            raise TorchScriptError(
                 f"The {role} is a TorchScript {type(module).__name__}. {TORCHSCRIPT_HINT}"
             )
     if model is not None and not any(m is layer for m in model.modules()):
-        raise ValueError(
+        raise LayerError(
             f"The layer {type(layer).__name__} is not a submodule of the model "
             f"{type(model).__name__}: pass a module of this model (e.g. model.layer4)."
+        )
+
+
+def check_no_script_modules(model: Module, method: str) -> None:
+    """Fails when a module of ``model`` is TorchScript, for methods that hook every module
+    (FG-CAM's and LRP's propagation): the first hook would fail with PyTorch's bare
+    "register_forward_hook is not supported on ScriptModules"."""
+    scripted = [m for m in model.modules() if isinstance(m, torch.jit.ScriptModule)]
+    if scripted:
+        raise TorchScriptError(
+            f"{method} propagates through every module of the model, and "
+            f"{layer_name(model, scripted[0])} is a TorchScript module. {TORCHSCRIPT_HINT}"
         )
 
 
@@ -108,7 +129,7 @@ def check_gradients_possible(method: str) -> None:
     depend on layer").
     """
     if torch.is_inference_mode_enabled():
-        raise RuntimeError(
+        raise GradientsDisabledError(
             f"{method} needs gradients, which torch.inference_mode() disables for the whole "
             "block: call attribute() outside it (torch.no_grad() is fine, gradients are "
             "switched back on inside)."
@@ -118,7 +139,7 @@ def check_gradients_possible(method: str) -> None:
 def check_inputs(inputs: tuple[Tensor, ...]) -> None:
     """Inputs must be floating-point tensors sharing the batch dimension."""
     if not inputs:
-        raise ValueError("inputs is empty: pass at least one input tensor.")
+        raise InputError("inputs is empty: pass at least one input tensor.")
     for i, x in enumerate(inputs):
         if not isinstance(x, Tensor):
             raise TypeError(f"inputs[{i}] must be a torch.Tensor, got {type(x).__name__}.")
@@ -128,22 +149,22 @@ def check_inputs(inputs: tuple[Tensor, ...]) -> None:
                 "(convert with .float())."
             )
         if x.dim() == 0:
-            raise ValueError(f"inputs[{i}] is a scalar; inputs need a batch dimension.")
+            raise InputError(f"inputs[{i}] is a scalar; inputs need a batch dimension.")
         # NaN or Inf propagates through the forward pass into the map (silently, as in
         # Captum); perturbation methods would also spread it over masked copies.
         finite = torch.isfinite(x).flatten(1).all(dim=1) if x.dim() > 1 else torch.isfinite(x)
         if not finite.all():
             bad = torch.nonzero(~finite).flatten().tolist()
-            raise ValueError(
+            raise InputError(
                 f"inputs[{i}] contains NaN or Inf values (examples {bad}); the attributions need "
                 "finite inputs."
             )
     sizes = {x.shape[0] for x in inputs}
     if len(sizes) != 1:
-        raise ValueError(f"All inputs must share the batch size, got {sorted(sizes)}.")
+        raise InputError(f"All inputs must share the batch size, got {sorted(sizes)}.")
     if sizes == {0}:
         # Caught here, not as an IndexError from the first per-example step of a method.
-        raise ValueError(
+        raise InputError(
             f"inputs have no examples (batch of 0, shapes {[tuple(x.shape) for x in inputs]}): "
             "attribute needs at least one example."
         )
@@ -181,7 +202,7 @@ def target_rows(target: TargetType, n: int) -> list[tuple[int, ...]]:
         if target.numel() == 1:
             return [(int(target.item()),)] * n
         if target.dim() != 1:
-            raise ValueError(
+            raise TargetError(
                 f"target tensor must be a scalar or 1-D with one entry per example, "
                 f"got shape {tuple(target.shape)}."
             )
@@ -191,7 +212,7 @@ def target_rows(target: TargetType, n: int) -> list[tuple[int, ...]]:
     else:
         return [as_tuple(target)] * n
     if len(rows) != n:
-        raise ValueError(
+        raise TargetError(
             f"target has {len(rows)} entries but the batch has {n} examples: give one "
             "target per example, or a single target for all."
         )
@@ -209,14 +230,14 @@ def select_target_scores(output: Tensor, target: TargetType) -> Tensor:
         Tensor of shape (N,): the score of each example's target.
     """
     if not isinstance(output, Tensor) or output.dim() == 0:
-        raise TypeError(
+        raise ModelOutputError(
             "The model must return a tensor with a batch dimension, got "
             f"{type(output).__name__}{'' if not isinstance(output, Tensor) else ' scalar'}."
         )
     n = output.shape[0]
     if target is None:
         if output[0].numel() != 1:
-            raise ValueError(
+            raise TargetError(
                 f"The model returns {tuple(output.shape[1:])} scores per example: pass target "
                 "(e.g. the class index) to say which one to explain."
             )
@@ -225,14 +246,14 @@ def select_target_scores(output: Tensor, target: TargetType) -> Tensor:
     score_dims = tuple(output.shape[1:])
     for row in rows:
         if len(row) != len(score_dims):
-            raise ValueError(
+            raise TargetError(
                 f"target {row if len(row) > 1 else row[0]} has {len(row)} index(es) but the "
                 f"model output has shape {tuple(output.shape)}: give {len(score_dims)} "
                 "index(es) per example."
             )
         for idx, size in zip(row, score_dims, strict=True):
             if not 0 <= idx < size:
-                raise ValueError(
+                raise TargetError(
                     f"target {row if len(row) > 1 else row[0]} is out of range for the model "
                     f"output of shape {tuple(output.shape)} (valid: 0 to {size - 1})."
                 )

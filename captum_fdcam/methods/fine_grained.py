@@ -38,12 +38,11 @@ from torch.nn import Module
 from captum_fdcam._core.base import LayerCamBase, attribution_call
 from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.validation import (
-    TORCHSCRIPT_HINT,
     check_bool,
     check_integer,
     check_layer,
+    check_no_script_modules,
     check_real,
-    layer_name,
     owning_module,
     python_scalar,
 )
@@ -126,14 +125,8 @@ class _FineGrained:
                 "FG-CAM propagates through the model's modules: the base CAM's forward_func "
                 "must be an nn.Module (or one of its bound methods)."
             )
-        # The propagation hooks every module of the model: a TorchScript submodule would
-        # fail at the first call with PyTorch's bare "not supported on ScriptModules".
-        scripted = [m for m in model.modules() if isinstance(m, torch.jit.ScriptModule)]
-        if scripted:
-            raise TypeError(
-                f"FG-CAM propagates through every module of the model, and "
-                f"{layer_name(model, scripted[0])} is a TorchScript module. {TORCHSCRIPT_HINT}"
-            )
+        # Checked here too, for an error at construction rather than at the first call.
+        check_no_script_modules(model, "FG-CAM")
         self.model = model
         self.denoise = check_bool("denoise", denoise)
         self.singular_values = check_singular_values(singular_values)
@@ -176,7 +169,9 @@ class _FineGrained:
         """:meth:`_relevance` inside :func:`attribution_call` (compiled parts run
         eagerly, a train-mode model's buffers restored)."""
         base = self.base_cam
-        with attribution_call(base.forward_func, type(base).__name__, base.uses_perturbations):
+        with attribution_call(
+            base.forward_func, type(base).__name__, base.uses_perturbations, propagates=True
+        ):
             return self._relevance(*args, **kwargs)
 
     def _relevance(

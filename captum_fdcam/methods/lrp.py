@@ -36,24 +36,30 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_fdcam._core.base import attribution_call
-from captum_fdcam._core.validation import check_inputs, target_rows
+from captum_fdcam._core.validation import (
+    check_gradients_possible,
+    check_inputs,
+    check_no_script_modules,
+    target_rows,
+)
+from captum_fdcam.errors import ModelOutputError, TargetError
 from captum_fdcam.propagation import RuleAssignment, ZBoxRule, propagate
 from captum_fdcam.propagation.assignment import RuleSpec
 
 
 def _target_mask(output: Tensor, target: TargetType) -> Tensor:
     if output.dim() != 2:
-        raise ValueError(
+        raise ModelOutputError(
             f"LRP baselines explain a classifier's (N, C) output, got shape {tuple(output.shape)}."
         )
     if target is None:
-        raise ValueError("target is required: the class to explain for each example.")
+        raise TargetError("target is required: the class to explain for each example.")
     rows = target_rows(target, output.shape[0])
     if any(len(r) != 1 for r in rows):
-        raise ValueError("target must give one class index per example.")
+        raise TargetError("target must give one class index per example.")
     index = torch.tensor([r[0] for r in rows], device=output.device)
     if bool(((index < 0) | (index >= output.shape[1])).any()):
-        raise IndexError(f"target out of range for {output.shape[1]} classes: {index.tolist()}.")
+        raise TargetError(f"target out of range for {output.shape[1]} classes: {index.tolist()}.")
     return torch.nn.functional.one_hot(index, output.shape[1]).to(output.dtype)
 
 
@@ -78,6 +84,8 @@ class PropagationLRP(GradientAttribution):
     ) -> None:
         if not isinstance(model, Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        # As FG-CAM: a TorchScript module would fail at the first propagation hook.
+        check_no_script_modules(model, type(self).__name__)
         GradientAttribution.__init__(self, model)
         self.model = model
         self.rules = rules
@@ -105,10 +113,12 @@ class PropagationLRP(GradientAttribution):
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, each shaped like its
             input, as Captum's ``LRP`` returns them.
         """
+        # As the CAMs: inference_mode would fail the backward pass with a bare message.
+        check_gradients_possible(type(self).__name__)
         formatted = _format_tensor_into_tuples(inputs)
         check_inputs(formatted)
         # As every attribution here: compiled parts eager, a train-mode model's buffers back.
-        with attribution_call(self.model, type(self).__name__, perturbs=False):
+        with attribution_call(self.model, type(self).__name__, perturbs=False, propagates=True):
             relevance = propagate(
                 self.model,
                 RuleAssignment(self.rules, self.input_rule),

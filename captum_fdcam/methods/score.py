@@ -29,12 +29,13 @@ from captum_fdcam._core.layout import ReshapeTransform
 from captum_fdcam._core.numeric import min_max, safe_divide
 from captum_fdcam._core.perturbation import PerturbationEngine, check_score_type, unique_rows
 from captum_fdcam._core.validation import check_integer, check_real
+from captum_fdcam.errors import InputError
 
 
 def _image_input(state: CamState, method: str) -> Tensor:
     if len(state.inputs) != 1 or state.inputs[0].dim() != 4:
         shapes = [tuple(x.shape) for x in state.inputs]
-        raise ValueError(
+        raise InputError(
             f"{method} masks a single image input of shape (N, C, H, W); got inputs of "
             f"shapes {shapes}."
         )
@@ -175,7 +176,7 @@ class LayerScoreCam(PerturbationLayerCam):
             fits = False
         if not fits:
             per_channel = (x.shape[1], *[1] * (x.dim() - 2)) if x.dim() > 2 else None
-            raise ValueError(
+            raise InputError(
                 f"Score-CAM's baseline of shape {tuple(base.shape)} does not broadcast to one "
                 f"input example of shape {tuple(x.shape[1:])} (inputs {tuple(x.shape)}): pass "
                 f"a float, or a tensor of shape {tuple(x.shape[1:])} or one that broadcasts to "
@@ -300,7 +301,7 @@ class LayerGroupCam(
         pad = self.blur_kernel_size // 2
         if pad >= min(height, width):
             largest = 2 * min(height, width) - 1
-            raise ValueError(
+            raise InputError(
                 f"Group-CAM's blur kernel of size {self.blur_kernel_size} pads each side by "
                 f"{pad} pixels (reflect padding), which needs images of at least "
                 f"{pad + 1} x {pad + 1} pixels; got {height} x {width}. Pass "

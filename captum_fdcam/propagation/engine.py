@@ -40,6 +40,7 @@ from torch.utils.hooks import RemovableHandle
 
 from captum_fdcam._core.hooks import this_thread_only
 from captum_fdcam._core.validation import layer_name
+from captum_fdcam.errors import LayerError, ModelOutputError, UnsupportedModuleError
 from captum_fdcam.propagation.assignment import PASSTHROUGH, RuleAssignment, unsupported_reason
 from captum_fdcam.propagation.rules import relevance_ratio, rule_ratio, rule_relevance
 
@@ -169,9 +170,9 @@ class _Session:
                 # are never called, so nothing inside it would raise.
                 reason = unsupported_reason(module)
                 if reason is not None:
-                    raise TypeError(f"No LRP rule for {self._name(module)}: {reason}")
+                    raise UnsupportedModuleError(f"No LRP rule for {self._name(module)}: {reason}")
                 if next(module.children(), None) is None and not isinstance(module, PASSTHROUGH):
-                    raise TypeError(
+                    raise UnsupportedModuleError(
                         f"No LRP rule for {self._name(module)}. Give it one, the way "
                         "Captum's LRP does (module.rule = IdentityRule() passes relevance "
                         "unchanged), or pass rules={type: rule} to the attribution class."
@@ -211,7 +212,7 @@ class _Session:
         self.inside -= 1
         torch.set_grad_enabled(frame.grad_enabled)
         if not isinstance(output, Tensor):
-            raise TypeError(
+            raise UnsupportedModuleError(
                 f"{self._name(module)} returns {type(output).__name__}; relevance propagates "
                 "through modules that return one tensor."
             )
@@ -226,7 +227,7 @@ class _Session:
 
     def _check_outside_rule(self, module: Module) -> None:
         if self.inside:
-            raise ValueError(
+            raise LayerError(
                 f"{self._name(module)} is inside a module whose rule covers it as a whole: "
                 "no relevance is computed for it. Choose a layer outside that module."
             )
@@ -236,7 +237,7 @@ class _Session:
             return
         self._check_outside_rule(module)
         if self.target_tensors is not None:
-            raise RuntimeError(
+            raise LayerError(
                 f"{self._name(module)} is called more than once in one forward pass; its "
                 "input is ambiguous. Explain a module called once."
             )
@@ -247,12 +248,14 @@ class _Session:
             return None
         self._check_outside_rule(module)
         if self.target_tensors is not None:
-            raise RuntimeError(
+            raise LayerError(
                 f"{self._name(module)} is called more than once in one forward pass; its "
                 "output is ambiguous. Explain a module called once."
             )
         if not isinstance(output, Tensor):
-            raise TypeError(f"{self._name(module)} returns {type(output).__name__}, not a tensor.")
+            raise UnsupportedModuleError(
+                f"{self._name(module)} returns {type(output).__name__}, not a tensor."
+            )
         self.target_tensors = (output,)
         # The rest of the network gets a copy, so in-place operations cannot
         # change the values the relevance is read from.
@@ -263,7 +266,9 @@ class _Session:
             return
         self._check_outside_rule(module)
         if not isinstance(output, Tensor):
-            raise TypeError(f"{self._name(module)} returns {type(output).__name__}, not a tensor.")
+            raise UnsupportedModuleError(
+                f"{self._name(module)} returns {type(output).__name__}, not a tensor."
+            )
         self.start_output = output
         self.start_call = self.routed_call(output)
         if self.stop_at_start:
@@ -385,14 +390,14 @@ class Propagation:
         start, target = session.start, session.target
         origin = self.output if start is None else session.start_output
         if start is not None and origin is None:
-            raise RuntimeError(f"{session._name(start)} was not called in the forward pass.")
+            raise LayerError(f"{session._name(start)} was not called in the forward pass.")
         if not isinstance(origin, Tensor):
-            raise TypeError(f"The model returned {type(origin).__name__}, not a tensor.")
+            raise ModelOutputError(f"The model returned {type(origin).__name__}, not a tensor.")
         if target is None:
             wrt: Sequence[Tensor] = self.inputs
         elif session.target_tensors is None:
             where = "" if start is None else f" before {session._name(start)}"
-            raise ValueError(
+            raise LayerError(
                 f"{session._name(target)} is not called{where} in the forward pass: "
                 "relevance propagates from the output towards the input only."
             )
@@ -425,7 +430,7 @@ class Propagation:
             slot = session._slot(tensor)
             if grad is None and slot is None:
                 name = "The input" if target is None else session._name(target)
-                raise ValueError(
+                raise LayerError(
                     f"{name} does not lead to the layer where relevance starts: no "
                     "relevance reaches it."
                 )
