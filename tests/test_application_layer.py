@@ -1,0 +1,197 @@
+"""The application layer: who imports whom, the metric table the outputs read, the
+explicit options of a scoring job, and the pieces the command line, the benchmark and
+the demo share (one image loader, one channel sum, the layer kept as a module name)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import captum_fdcam
+from captum_fdcam import benchmark, cli
+from captum_fdcam.evaluation import (
+    METRICS,
+    AverageDrop,
+    Job,
+    channel_sum,
+    explain,
+    load_image,
+    make_metric,
+    markdown,
+    score,
+    summarise,
+)
+from captum_fdcam.evaluation.metric_info import per_image_metrics
+from captum_fdcam.evaluation.metrics import pixel_ranking
+from captum_fdcam.models import preprocess, read_rgb
+
+PACKAGE = Path(captum_fdcam.__file__).parent
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at module level or inside functions."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            # "from captum_fdcam import cli" imports the submodule cli
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_evaluation_imports_neither_cli_nor_benchmark_and_benchmark_not_cli() -> None:
+    for path in sorted((PACKAGE / "evaluation").glob("*.py")):
+        imported = _imports(path)
+        assert "captum_fdcam.cli" not in imported, path
+        assert "captum_fdcam.benchmark" not in imported, path
+    assert "captum_fdcam.cli" not in _imports(PACKAGE / "benchmark.py")
+    # the command line reaches the benchmark only for its command and options
+    assert "captum_fdcam.benchmark" in _imports(PACKAGE / "cli.py")
+
+
+def test_only_the_standard_library_at_module_level_of_cli_and_registry() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, captum_fdcam.cli, captum_fdcam.registry, captum_fdcam.benchmark\n"
+        "heavy = {'torch', 'torchvision', 'captum', 'quantus', 'numpy', 'PIL', 'matplotlib'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
+
+def test_the_usage_error_is_one_class() -> None:
+    from captum_fdcam.errors import CliError
+
+    assert cli.CliError is benchmark.CliError is CliError
+
+
+# -------------------------------------------------------------------- metric table
+
+
+def test_the_cli_metric_choices_are_the_tables_per_image_metrics() -> None:
+    assert cli.EVALUATION_METRICS == per_image_metrics()
+    assert "gridpg" not in per_image_metrics() and "overall" not in per_image_metrics()
+    for name, info in METRICS.items():
+        assert info.better in {"higher", "lower"} and info.unit, name
+    # the Quantus metrics say the same direction where they have one
+    for name in ("insertion", "deletion", "average_drop", "average_increase", "gridpg"):
+        direction = make_metric(name).score_direction.name.lower()
+        assert direction == METRICS[name].better, name
+
+
+def test_markdown_says_each_metrics_direction_and_unit() -> None:
+    records = [
+        {"table": "t", "method": m, "item": str(i), "scores": {"insertion": v, "deletion": w}}
+        for i, (m, v, w) in enumerate([("A", 0.6, 0.2), ("A", 0.5, 0.1), ("B", 0.4, 0.3)])
+    ]
+    text = markdown(summarise(records), "# header")
+    for name in ("insertion", "deletion", "overall"):
+        line = next(x for x in text.splitlines() if x.startswith(f"- {name}: "))
+        assert f"{METRICS[name].better} is better" in line and METRICS[name].unit in line
+
+
+def test_the_committed_tables_regenerate_with_only_the_metric_lines_added() -> None:
+    folder = PACKAGE.parent / "benchmarks" / "results" / "paper_tables"
+    if not (folder / "tables.md").is_file():
+        pytest.skip("no committed results in this checkout")
+    records = sorted(
+        benchmark.read_scores(folder).records,
+        key=lambda r: (r["table"], r["method"], r["item"], benchmark._identity(r.get("key"))),
+    )
+    tables = summarise(records)
+    assert json.dumps(tables, indent=1) == (folder / "tables.json").read_text()
+    committed = (folder / "tables.md").read_text()
+    text = markdown(tables, committed.partition("\n")[0])
+    legend = [x for x in text.splitlines() if x.startswith("- ")]
+    assert len(legend) == 6  # insertion, deletion, overall, average_drop/increase, gridpg
+    stripped = [
+        x for x in text.splitlines() if x not in legend and x != "Metrics (direction and unit):"
+    ]
+    lines = committed.splitlines()
+    # the legend block's two blank lines
+    assert stripped[:2] == lines[:2] and stripped[4:] == lines[2:]
+
+
+# ------------------------------------------------------------------ scoring jobs
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+
+
+def test_positive_only_is_the_jobs_own_field() -> None:
+    assert make_metric("average_drop", positive_only=True).positive_only
+    assert not make_metric("average_drop").positive_only
+    rows = benchmark.jobs_for(benchmark.TABLES, benchmark.CAMS)
+    assert {r.job.positive_only for r in rows if r.table == "fgcam-input"} == {True}
+    assert {r.job.positive_only for r in rows if r.table != "fgcam-input"} == {False}
+    model = _model()
+    x = torch.randn(1, 3, 16, 16).numpy()
+    y = np.array([1])
+    a = explain(model, x, y, method="IntegratedGradients", relu_attributions=False)
+    assert 0 < (a > 0).mean() < 0.5  # fewer than half positive: positive_only matters
+    for positive_only in (False, True):
+        job = Job("IG", "IntegratedGradients", metrics=("average_drop",))
+        job = Job(**{**job.__dict__, "positive_only": positive_only})
+        got = score(model, job, x, y)["average_drop"]
+        expected = AverageDrop(positive_only=positive_only, disable_warnings=True)(
+            model, x, y, a_batch=a
+        )[0]
+        assert got == pytest.approx(expected, abs=1e-9)
+
+
+# --------------------------------------------------------------- shared pieces
+
+
+def test_channel_sum_is_one_function_for_numpy_and_torch() -> None:
+    a = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(channel_sum(a), a.sum(axis=1, keepdims=True))
+    t = torch.from_numpy(a)
+    assert torch.equal(channel_sum(t), t.sum(dim=1, keepdim=True))
+    one = a[:, :1]
+    assert channel_sum(one) is one  # one channel: nothing to sum
+    assert channel_sum(a[0]).shape == (1, 4, 5)
+    np.testing.assert_array_equal(
+        pixel_ranking(a[0]), np.argsort(-a[0].sum(axis=0).reshape(-1), kind="stable")
+    )
+
+
+def test_one_image_loader(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    expected = preprocess(read_rgb(tmp_path / "a.png"), size=32)
+    assert torch.equal(load_image(tmp_path / "a.png", 32), expected)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(cli.CliError, match=r"cannot read image .*broken\.png"):
+        cli.read_image(tmp_path / "broken.png")
+    # the benchmark and the demo reach images only through evaluation's loader
+    for module in ("benchmark.py", "demo.py", "cli.py"):
+        assert "captum_fdcam.models.read_rgb" not in _imports(PACKAGE / module), module
+
+
+def test_a_torchscript_models_layer_is_none_not_an_empty_name() -> None:
+    scripted = cli.LoadedModel(torch.jit.script(_model()), [], scripted=True)
+    assert cli.resolve_layer(scripted, None) is None
+    eager = cli.LoadedModel(_model(), ["a", "b", "c", "d"])
+    assert cli.resolve_layer(eager, "2") == "2"
