@@ -210,7 +210,7 @@ def load_model(
 def resolve_layer(model: LoadedModel, name: str | None) -> str | None:
     """The layer's module name: as given (checked), or the default, printed; None for a
     TorchScript model, which has no named layer to hook (only input methods run on it)."""
-    from captum_fdcam.evaluation.explain import default_layer_name, find_layer
+    from captum_fdcam.evaluation.explainer import default_layer_name, find_layer
 
     if model.scripted:
         return None
@@ -325,7 +325,7 @@ def check_methods(names: Sequence[str]) -> dict[str, bool]:
     from captum.attr import LayerGradCam as CaptumLayerGradCam
 
     from captum_fdcam import LayerCamBase
-    from captum_fdcam.evaluation.explain import method_class
+    from captum_fdcam.evaluation.explainer import method_class
 
     layered: dict[str, bool] = {}
     for name in names:
@@ -397,7 +397,7 @@ def run_explain(args: argparse.Namespace) -> list[Path]:
     import numpy as np
     import torch
 
-    from captum_fdcam.evaluation.explain import explain
+    from captum_fdcam.evaluation.explainer import explain
     from captum_fdcam.models import denormalize, preprocess
     from captum_fdcam.visualization import comparison_figure, overlay_figure
 

@@ -71,6 +71,26 @@ def test_only_the_standard_library_at_module_level_of_cli_and_registry() -> None
     assert run.stdout.strip() == "[]"
 
 
+def test_no_export_of_evaluation_is_shadowed_by_a_submodule() -> None:
+    """The package exports lazily; once a submodule is imported, Python sets the package's
+    attribute of that name to the module, so an export named like one would be lost."""
+    import subprocess
+    import sys
+
+    import captum_fdcam.evaluation as evaluation
+
+    modules = {p.stem for p in (PACKAGE / "evaluation").glob("*.py")}
+    assert not modules & set(evaluation.__all__)
+    code = (
+        "import importlib, pkgutil, types, captum_fdcam.evaluation as e\n"
+        "for m in pkgutil.iter_modules(e.__path__):\n"
+        "    importlib.import_module(f'captum_fdcam.evaluation.{m.name}')\n"
+        "print([n for n in e.__all__ if isinstance(getattr(e, n), types.ModuleType)])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
+
 def test_the_usage_error_is_one_class() -> None:
     from captum_fdcam.errors import CliError
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
         read_labels,
         sample_image,
     )
-    from captum_fdcam.evaluation.explain import (
+    from captum_fdcam.evaluation.explainer import (
         default_layer_name,
         explain,
         find_layer,
@@ -57,10 +57,10 @@ _EXPORTS = {
     "read_image": "data",
     "read_labels": "data",
     "sample_image": "data",
-    "default_layer_name": "explain",
-    "explain": "explain",
-    "find_layer": "explain",
-    "method_class": "explain",
+    "default_layer_name": "explainer",
+    "explain": "explainer",
+    "find_layer": "explainer",
+    "method_class": "explainer",
     "GridMosaics": "grid",
     "grid_mosaics": "grid",
     "METRICS": "metric_info",

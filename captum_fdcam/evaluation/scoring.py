@@ -89,7 +89,7 @@ def make_metric(name: str, size: int = 224, positive_only: bool = False) -> Any:
 
 def attribution(model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The job's (N, 1, H, W) maps of images ``x`` for classes ``y``."""
-    from captum_fdcam.evaluation.explain import explain
+    from captum_fdcam.evaluation.explainer import explain
 
     return explain(
         model,

@@ -148,7 +148,7 @@ def explain(
         targets: the class of each image (or one for all).
         method: a name (``"Grad-CAM"``, ``"FD-CAM"``, ``"FG-Grad-CAM"`` for FG-CAM over
             Grad-CAM, ``"LayerFDCam"``, a Captum class name such as
-            ``"IntegratedGradients"``; see :mod:`captum_fdcam.registry`) or an
+            ``"IntegratedGradients"``; see ``captum_fdcam.registry``) or an
             attribution class.
         layer: the layer of layer methods (for ``"FG-"`` names: the base CAM's), a
             module or its name; default: the offline model's ``head_activation``,
