@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SmallCNN
 from PIL import Image
 from torch import nn
 
@@ -149,15 +150,7 @@ def test_the_committed_tables_regenerate_with_only_the_metric_lines_added() -> N
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    ).eval()
+    return SmallCNN().eval()  # (N, 3, 8, 8) images
 
 
 def test_positive_only_is_the_jobs_own_field() -> None:
@@ -167,7 +160,7 @@ def test_positive_only_is_the_jobs_own_field() -> None:
     assert {r.job.positive_only for r in rows if r.table == "fgcam-input"} == {True}
     assert {r.job.positive_only for r in rows if r.table != "fgcam-input"} == {False}
     model = _model()
-    x = torch.randn(1, 3, 16, 16).numpy()
+    x = torch.randn(1, 3, 8, 8).numpy()
     y = np.array([1])
     a = explain(model, x, y, method="IntegratedGradients", relu_attributions=False)
     assert 0 < (a > 0).mean() < 0.5  # fewer than half positive: positive_only matters
@@ -213,5 +206,5 @@ def test_one_image_loader(tmp_path: Path) -> None:
 def test_a_torchscript_models_layer_is_none_not_an_empty_name() -> None:
     scripted = cli.LoadedModel(torch.jit.script(_model()), [], scripted=True)
     assert cli.resolve_layer(scripted, None) is None
-    eager = cli.LoadedModel(_model(), ["a", "b", "c", "d"])
-    assert cli.resolve_layer(eager, "2") == "2"
+    eager = cli.LoadedModel(_model(), [f"class {i}" for i in range(5)])
+    assert cli.resolve_layer(eager, "act") == "act"
