@@ -256,8 +256,8 @@ def test_captum_layer_lrp_reads_our_rules_relevance(
             (images,),
             None,
             lambda logits: mask * logits,
-            target=layer,
-            target_input=to_input,
+            end=layer,
+            end_input=to_input,
         )
     torch.testing.assert_close(theirs.detach(), expected, rtol=1e-9, atol=1e-15)
     torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-15)

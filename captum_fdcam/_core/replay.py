@@ -45,7 +45,7 @@ class ReplayError(RuntimeError):
 
 
 @dataclass
-class _Call:
+class _RecordedCall:
     module: Module
     parent: int | None
     before_layer: bool = False
@@ -126,14 +126,14 @@ class PreLayerRecorder(_GlobalHooks):
 
     layer: Module
     batch_size: int
-    calls: list[_Call] = field(default_factory=list)
+    calls: list[_RecordedCall] = field(default_factory=list)
     layer_call: int | None = None
     outputs: dict[int, Any] = field(default_factory=dict)
     _stack: list[int] = field(default_factory=list)
 
     def _pre(self, module: Module, args: tuple[Any, ...]) -> None:
         index = len(self.calls)
-        self.calls.append(_Call(module, self._stack[-1] if self._stack else None))
+        self.calls.append(_RecordedCall(module, self._stack[-1] if self._stack else None))
         self._stack.append(index)
         if module is self.layer and self.layer_call is None:
             self.layer_call = index

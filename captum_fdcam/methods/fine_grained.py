@@ -200,8 +200,8 @@ class _FineGrained:
                 RuleAssignment(self.rules, self.input_rule),
                 formatted,
                 start=self.base_cam.layer,
-                target=layer,
-                target_input=attribute_to_layer_input,
+                end=layer,
+                end_input=attribute_to_layer_input,
                 stop_at_start=False,
             ) as run:
                 components, layout = self.components(run.inputs, *options, record_graph=True)

@@ -60,7 +60,7 @@ class _Frame:
 
 
 @dataclass
-class _Call:
+class _RoutedCall:
     """What the backward pass needs of one call of a module with a rule."""
 
     session: _Session
@@ -74,7 +74,7 @@ class _RuleFunction(torch.autograd.Function):
     """Identity in the forward pass; the module's rule in the backward pass."""
 
     @staticmethod
-    def forward(ctx: Any, call: _Call, *inputs: Tensor) -> Tensor:
+    def forward(ctx: Any, call: _RoutedCall, *inputs: Tensor) -> Tensor:
         ctx.call = call
         # Saved for autograd's check that no later in-place operation changed them.
         ctx.save_for_backward(*inputs)
@@ -84,7 +84,7 @@ class _RuleFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        call: _Call = ctx.call
+        call: _RoutedCall = ctx.call
         inputs = tuple(x.detach() for x in ctx.saved_tensors)
         return (None, *call.session.rule_backward(call, inputs, grad_output))
 
@@ -97,8 +97,8 @@ class _Session:
     assignment: RuleAssignment
     leaves: tuple[Tensor, ...]
     start: Module | None
-    target: Module | None
-    target_input: bool
+    end: Module | None
+    end_input: bool
     #: Stop the forward pass at ``start`` (else the rest runs without routing).
     stop_at_start: bool = True
     paused: bool = False
@@ -108,10 +108,10 @@ class _Session:
     start_output: Tensor | None = None
     start_depth: int = 0
     #: The latest routed call: (what it returned, the call, its inputs).
-    last_routed: tuple[Tensor, _Call, tuple[Tensor, ...]] | None = None
+    last_routed: tuple[Tensor, _RoutedCall, tuple[Tensor, ...]] | None = None
     #: The routed call that produced the start tensor, if one did.
-    start_call: tuple[_Call, tuple[Tensor, ...]] | None = None
-    target_tensors: tuple[Tensor, ...] | None = None
+    start_call: tuple[_RoutedCall, tuple[Tensor, ...]] | None = None
+    end_tensors: tuple[Tensor, ...] | None = None
     input_relevance: list[Tensor] = field(default_factory=list)
 
     def install(self) -> None:
@@ -122,16 +122,16 @@ class _Session:
             self.handles.append(module.register_forward_hook(own(self._post)))
         # Captures run before the rules' pre-hooks (to see the original inputs)
         # and after the rules' hooks (to see the routed outputs).
-        if self.target is not None:
-            if self.target_input:
+        if self.end is not None:
+            if self.end_input:
                 self.handles.append(
-                    self.target.register_forward_pre_hook(
-                        own(self._capture_target_input), prepend=True
+                    self.end.register_forward_pre_hook(
+                        own(self._capture_end_input), prepend=True
                     )
                 )
             else:
                 self.handles.append(
-                    self.target.register_forward_hook(own(self._capture_target_output))
+                    self.end.register_forward_hook(own(self._capture_end_output))
                 )
         if self.start is not None:
             self.handles.append(
@@ -150,7 +150,7 @@ class _Session:
         self.last_routed = None
         self.start_call = None
         self.start_output = None
-        self.target_tensors = None
+        self.end_tensors = None
 
     def _name(self, module: Module) -> str:
         return layer_name(self.model, module)
@@ -220,7 +220,7 @@ class _Session:
             (a, s) for a, s in zip(frame.args, frame.slots, strict=True) if isinstance(a, Tensor)
         ]
         inputs = tuple(a for a, _ in pairs)
-        call = _Call(self, module, frame.rule, output.detach(), tuple(s for _, s in pairs))
+        call = _RoutedCall(self, module, frame.rule, output.detach(), tuple(s for _, s in pairs))
         routed = _RuleFunction.apply(call, *inputs)
         self.last_routed = (routed, call, inputs)
         return routed
@@ -232,22 +232,22 @@ class _Session:
                 "no relevance is computed for it. Choose a layer outside that module."
             )
 
-    def _capture_target_input(self, module: Module, args: tuple[Any, ...]) -> None:
+    def _capture_end_input(self, module: Module, args: tuple[Any, ...]) -> None:
         if self.paused:
             return
         self._check_outside_rule(module)
-        if self.target_tensors is not None:
+        if self.end_tensors is not None:
             raise LayerError(
                 f"{self._name(module)} is called more than once in one forward pass; its "
                 "input is ambiguous. Explain a module called once."
             )
-        self.target_tensors = tuple(a for a in args if isinstance(a, Tensor))
+        self.end_tensors = tuple(a for a in args if isinstance(a, Tensor))
 
-    def _capture_target_output(self, module: Module, args: tuple[Any, ...], output: Any) -> Any:
+    def _capture_end_output(self, module: Module, args: tuple[Any, ...], output: Any) -> Any:
         if self.paused:
             return None
         self._check_outside_rule(module)
-        if self.target_tensors is not None:
+        if self.end_tensors is not None:
             raise LayerError(
                 f"{self._name(module)} is called more than once in one forward pass; its "
                 "output is ambiguous. Explain a module called once."
@@ -256,7 +256,7 @@ class _Session:
             raise UnsupportedModuleError(
                 f"{self._name(module)} returns {type(output).__name__}, not a tensor."
             )
-        self.target_tensors = (output,)
+        self.end_tensors = (output,)
         # The rest of the network gets a copy, so in-place operations cannot
         # change the values the relevance is read from.
         return output.clone()
@@ -283,19 +283,19 @@ class _Session:
         if not self.paused:
             self.start_depth += 1
 
-    def routed_call(self, output: Tensor) -> tuple[_Call, tuple[Tensor, ...]] | None:
+    def routed_call(self, output: Tensor) -> tuple[_RoutedCall, tuple[Tensor, ...]] | None:
         """The routed call that returned ``output``, if the latest one did."""
         if self.last_routed is not None and self.last_routed[0] is output:
             return self.last_routed[1], self.last_routed[2]
         return None
 
     def rule_backward(
-        self, call: _Call, inputs: tuple[Tensor, ...], grad_output: Tensor
+        self, call: _RoutedCall, inputs: tuple[Tensor, ...], grad_output: Tensor
     ) -> list[Tensor | None]:
         return self.input_ratios(call, inputs, call.output * grad_output)
 
     def input_ratios(
-        self, call: _Call, inputs: tuple[Tensor, ...], relevance: Tensor
+        self, call: _RoutedCall, inputs: tuple[Tensor, ...], relevance: Tensor
     ) -> list[Tensor | None]:
         """``R_in / x`` for each input of a routed call from the relevance at its
         output; relevance of the model's own inputs goes to ``input_relevance``."""
@@ -336,9 +336,10 @@ class Propagation:
         inputs: the model's inputs (not modified; :attr:`inputs` are detached
             copies that require gradients).
         start: the module where relevance starts (``None``: the model's output).
-        target: the module whose output (input with ``target_input``) receives
-            the relevance; ``None`` for the model's inputs.
-        target_input: relevance of ``target``'s input instead of its output.
+        end: the layer whose output (input with ``end_input``) receives the
+            relevance, where propagation ends; ``None`` for the model's inputs. (Not
+            called ``target``: that is the class explained, everywhere else.)
+        end_input: relevance of ``end``'s input instead of its output.
         stop_at_start: stop the forward pass at ``start``.
     """
 
@@ -348,13 +349,13 @@ class Propagation:
         assignment: RuleAssignment,
         inputs: tuple[Tensor, ...],
         start: Module | None = None,
-        target: Module | None = None,
-        target_input: bool = False,
+        end: Module | None = None,
+        end_input: bool = False,
         stop_at_start: bool = True,
     ) -> None:
         self.inputs = tuple(x.detach().requires_grad_() for x in inputs)
         self._session = _Session(
-            model, assignment, self.inputs, start, target, target_input, stop_at_start
+            model, assignment, self.inputs, start, end, end_input, stop_at_start
         )
         self.output: Tensor | None = None
 
@@ -376,33 +377,33 @@ class Propagation:
                 self.output = None
 
     def relevance(self, start_relevance: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
-        """Propagates from ``start`` to the target.
+        """Propagates from ``start`` to ``end``.
 
         Args:
             start_relevance: maps the (detached) output of ``start`` (or the
                 model's output) to the relevance there, same shape.
 
         Returns:
-            The relevance of each tensor of the target (or of each input), detached.
+            The relevance of each tensor of ``end`` (or of each input), detached.
         """
         session = self._session
         session.paused = True
-        start, target = session.start, session.target
+        start, end = session.start, session.end
         origin = self.output if start is None else session.start_output
         if start is not None and origin is None:
             raise LayerError(f"{session._name(start)} was not called in the forward pass.")
         if not isinstance(origin, Tensor):
             raise ModelOutputError(f"The model returned {type(origin).__name__}, not a tensor.")
-        if target is None:
+        if end is None:
             wrt: Sequence[Tensor] = self.inputs
-        elif session.target_tensors is None:
+        elif session.end_tensors is None:
             where = "" if start is None else f" before {session._name(start)}"
             raise LayerError(
-                f"{session._name(target)} is not called{where} in the forward pass: "
+                f"{session._name(end)} is not called{where} in the forward pass: "
                 "relevance propagates from the output towards the input only."
             )
         else:
-            wrt = session.target_tensors
+            wrt = session.end_tensors
         value = origin.detach()
         relevance = start_relevance(value)
         routed = session.start_call if start is not None else session.routed_call(origin)
@@ -429,7 +430,7 @@ class Propagation:
         for tensor, grad in zip(wrt, grads, strict=True):
             slot = session._slot(tensor)
             if grad is None and slot is None:
-                name = "The input" if target is None else session._name(target)
+                name = "The input" if end is None else session._name(end)
                 raise LayerError(
                     f"{name} does not lead to the layer where relevance starts: no "
                     "relevance reaches it."
@@ -446,14 +447,14 @@ def propagate(
     additional_forward_args: Any,
     start_relevance: Callable[[Tensor], Tensor],
     start: Module | None = None,
-    target: Module | None = None,
-    target_input: bool = False,
+    end: Module | None = None,
+    end_input: bool = False,
 ) -> tuple[Tensor, ...]:
-    """Propagates relevance from ``start`` (or the model's output) to ``target``.
+    """Propagates relevance from ``start`` (or the model's output) to ``end``.
 
     One forward pass (stopped at ``start``) and one backward pass; see
     :class:`Propagation` for the arguments.
     """
-    with Propagation(model, assignment, inputs, start, target, target_input) as run:
+    with Propagation(model, assignment, inputs, start, end, end_input) as run:
         run.forward(additional_forward_args)
         return run.relevance(start_relevance)
