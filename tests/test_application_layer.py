@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,25 +61,24 @@ def test_evaluation_imports_neither_cli_nor_benchmark_and_benchmark_not_cli() ->
     assert "captum_fdcam.benchmark" in _imports(PACKAGE / "cli.py")
 
 
-def test_only_the_standard_library_at_module_level_of_cli_and_registry() -> None:
-    import subprocess
-    import sys
+def _python(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (nothing imported yet)."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return run.stdout.strip()
 
+
+def test_only_the_standard_library_at_module_level_of_cli_and_registry() -> None:
     code = (
         "import sys, captum_fdcam.cli, captum_fdcam.registry, captum_fdcam.benchmark\n"
         "heavy = {'torch', 'torchvision', 'captum', 'quantus', 'numpy', 'PIL', 'matplotlib'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "[]"
+    assert _python(code) == "[]"
 
 
 def test_no_export_of_evaluation_is_shadowed_by_a_submodule() -> None:
     """The package exports lazily; once a submodule is imported, Python sets the package's
     attribute of that name to the module, so an export named like one would be lost."""
-    import subprocess
-    import sys
-
     import captum_fdcam.evaluation as evaluation
 
     modules = {p.stem for p in (PACKAGE / "evaluation").glob("*.py")}
@@ -88,8 +89,7 @@ def test_no_export_of_evaluation_is_shadowed_by_a_submodule() -> None:
         "    importlib.import_module(f'captum_fdcam.evaluation.{m.name}')\n"
         "print([n for n in e.__all__ if isinstance(getattr(e, n), types.ModuleType)])\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "[]"
+    assert _python(code) == "[]"
 
 
 def test_the_usage_error_is_one_class() -> None:
