@@ -203,7 +203,10 @@ class GradientPerturbationCamState(GradientCamState, PerturbationCamState):
     (:class:`GradientPerturbationLayerCam`: FD-CAM, Group-CAM)."""
 
 
+#: The state a base class's hooks receive: :class:`CamState` or one of its family types.
 StateT = TypeVar("StateT", bound=CamState)
+# Named where it is public (the signatures of the hooks refer to it there).
+StateT.__module__ = "captum_fdcam"
 
 
 class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
@@ -313,11 +316,12 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
         the hooks on what it returns, inside the same guards as ``attribute``
         (compiled parts of the model run eagerly, see :func:`attribution_call`).
 
+        ``inputs``, ``target``, ``additional_forward_args``, ``attribute_to_layer_input``
+        and ``grad_kwargs`` are as in :meth:`attribute`; ``perturbations_per_eval`` and
+        ``show_progress`` configure the perturbation engine, as in
+        :meth:`PerturbationLayerCam.attribute`.
+
         Args:
-            inputs, target, additional_forward_args, attribute_to_layer_input,
-                grad_kwargs: as in :meth:`attribute`.
-            perturbations_per_eval, show_progress: of the perturbation engine, as in
-                :meth:`PerturbationLayerCam.attribute`.
             record_graph: keep gradients on before the layer, for a caller that also
                 propagates through that part of the same pass (FG-CAM).
             inputs_checked: ``inputs`` come from :meth:`format_inputs` (or copies of
