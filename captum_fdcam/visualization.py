@@ -12,16 +12,16 @@ import torch
 from captum.attr import LayerAttribution
 from torch import Tensor
 
+from captum_fdcam._core.numeric import min_max
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
 def normalize_map(cam: Tensor) -> np.ndarray:
-    """Min-max normalises one (1, h, w) or (h, w) map to [0, 1] (all-zero stays zero)."""
-    cam = cam.detach().float().reshape(cam.shape[-2:])
-    low, high = cam.min(), cam.max()
-    scaled = (cam - low) / (high - low) if high > low else torch.zeros_like(cam)
-    return scaled.cpu().numpy()
+    """Min-max normalises one (1, h, w) or (h, w) map to [0, 1] (a constant map gives
+    zeros), with the methods' ``min_max``."""
+    return min_max(cam.detach().float().reshape(cam.shape[-2:])).cpu().numpy()
 
 
 def upsample(cam: Tensor, size: tuple[int, int]) -> Tensor:
@@ -71,6 +71,9 @@ OVERLAY_SCALE = "relevance per map: positive part / its 98th cumulative-sum perc
 #: The colour map of every overlay.
 OVERLAY_CMAP = "jet"
 
+#: What the colours mean for maps scaled by :func:`normalize_map`.
+MINMAX_SCALE = "relevance per map, min-max normalised to 0-1"
+
 
 def figure_grid(rows: int, columns: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
     """A figure with a (rows, columns) array of axes, laid out by matplotlib's constrained
@@ -89,6 +92,38 @@ def figure_title(fig: Figure, title: str | None = None, *, layer: str | None = N
         fig.suptitle("\n".join(lines), fontsize=10)
 
 
+def overlay_scaled(ax: Any, image: np.ndarray, scaled: np.ndarray, alpha: float = 0.5) -> None:
+    """The photo with a map already scaled to [0, 1] (e.g. by :func:`normalize_map`) over
+    it, on the fixed 0-1 range of the colour bar that :func:`finish_figure` draws.
+
+    Args:
+        ax: the matplotlib axes to draw in.
+        image: (H, W, 3) RGB image in [0, 1].
+        scaled: (H, W) map in [0, 1] at the image's size.
+        alpha: opacity of the heat map.
+    """
+    ax.imshow(image)
+    ax.imshow(scaled, cmap=OVERLAY_CMAP, alpha=alpha, vmin=0, vmax=1)
+
+
+def finish_figure(
+    fig: Figure,
+    axes: np.ndarray,
+    title: str | None = None,
+    *,
+    layer: str | None = None,
+    scale: str = OVERLAY_SCALE,
+    location: str = "bottom",
+) -> None:
+    """What every overlay figure ends with: no axis ticks, the title and the explained
+    layer (:func:`figure_title`), and a colour bar beside ``axes`` labelled ``scale``
+    (:func:`add_colorbar`)."""
+    for ax in np.asarray(axes, dtype=object).flat:
+        ax.axis("off")
+    figure_title(fig, title, layer=layer)
+    add_colorbar(fig, axes, scale, location=location)
+
+
 def add_colorbar(
     fig: Figure,
     axes: np.ndarray | Sequence[Any],
@@ -97,9 +132,11 @@ def add_colorbar(
     cmap: str = OVERLAY_CMAP,
     vmin: float = 0.0,
     vmax: float = 1.0,
+    location: str = "bottom",
 ) -> Any:
-    """A horizontal colour bar under ``axes`` for ``cmap`` on [vmin, vmax], with ``label``
-    saying what the colours mean. Returns the matplotlib ``Colorbar``."""
+    """A colour bar for ``cmap`` on [vmin, vmax] beside ``axes`` (under them by default,
+    ``location="right"`` for a vertical one), with ``label`` saying what the colours mean.
+    Returns the matplotlib ``Colorbar``."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
@@ -107,8 +144,8 @@ def add_colorbar(
     bar = fig.colorbar(
         mappable,
         ax=list(np.asarray(axes, dtype=object).flat),
-        location="bottom",
-        shrink=0.6,
+        location=location,
+        shrink=0.6 if location in ("bottom", "top") else 0.9,
         aspect=40,
     )
     bar.set_label(label, fontsize=8)
@@ -143,10 +180,7 @@ def build_overlay_figure(
     for ax, (name, cam) in zip(axes.flat, panels, strict=False):
         _overlay(ax, image, cam, alpha)
         ax.set_title(name)
-    for ax in axes.flat:
-        ax.axis("off")
-    figure_title(fig, title, layer=layer)
-    add_colorbar(fig, axes)
+    finish_figure(fig, axes, title, layer=layer)
     return fig
 
 
@@ -203,10 +237,7 @@ def build_comparison_figure(
             _overlay(axes[r, c], image, maps[method], alpha)
             if r == 0:
                 axes[r, c].set_title(method, fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
-    figure_title(fig, title, layer=layer)
-    add_colorbar(fig, axes)
+    finish_figure(fig, axes, title, layer=layer)
     return fig
 
 

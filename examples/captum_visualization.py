@@ -39,8 +39,11 @@ from torch import Tensor
 
 from captum_fdcam import FGCam, LayerFDCam, LayerGradCam
 from captum_fdcam.models import denormalize, efficientnet_lite0, imagenet_categories, preprocess
+from captum_fdcam.visualization import figure_grid, figure_title, save_figure
 
 FIGURE = "captum-visualization.png"
+#: The layer explained.
+LAYER = "head_activation"
 #: Standard deviation of SmoothGrad's noise on the normalised input (whose values span
 #: about 4.7): 0.5 is ~10% of that span, the low end of the SmoothGrad paper's 10-20%.
 NOISE_STDEV = 0.5
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> VisualizationResult:
     from skimage import data
 
     model = efficientnet_lite0(pretrained=True)
-    layer = model.head_activation
+    layer = model.get_submodule(LAYER)
     x = preprocess(data.chelsea())  # (1, 3, 224, 224), ImageNet-normalised
     with torch.no_grad():
         target = int(model(x).argmax())
@@ -124,12 +127,7 @@ def main(argv: list[str] | None = None) -> VisualizationResult:
         ("FD-CAM, alpha_scaling", fd_cam, "alpha_scaling", "positive"),
     ]
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 4, figsize=(12.8, 7.0), layout="constrained")
+    fig, axes = figure_grid(2, 4, (12.8, 7.6))  # 0.6 inch more for the colour bars
     for ax, (title, attr, method, sign) in zip(axes.flat, panels, strict=True):
         visualization.visualize_image_attr(
             # original_image ignores the map, but Captum still normalises one.
@@ -144,13 +142,21 @@ def main(argv: list[str] | None = None) -> VisualizationResult:
             cmap="jet" if method == "blended_heat_map" and sign == "positive" else None,
             title=title,
         )
+        if method in ("blended_heat_map", "heat_map"):
+            # What the colours mean: Captum scales each map by its 98th cumulative-sum
+            # percentile to [0, 1], or [-1, 1] when signed. (Captum's own show_colorbar
+            # adds axes that matplotlib's constrained layout does not make room for.)
+            bar = fig.colorbar(ax.images[-1], ax=ax, location="bottom", shrink=0.8, pad=0.02)
+            bar.ax.tick_params(labelsize=7)
         shape = "-" if attr is None else str(attr.shape)
         print(f"{title:<32s} {method:<16s} sign={sign:<9s} map {shape}")
-    fig.suptitle(f"EfficientNet-Lite0, class: {category} ({target})")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / FIGURE
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    figure_title(
+        fig,
+        f"EfficientNet-Lite0, class: {category} ({target}); colour bars: relevance per map, "
+        "divided by its 98th cumulative-sum percentile (signed: -1 to 1)",
+        layer=f"{LAYER} (FG-Grad-CAM: propagated from it to the input)",
+    )
+    path = save_figure(fig, args.out / FIGURE, dpi=100)
     print(f"Wrote {path}")
     return VisualizationResult(
         path, target, category, image, {title: attr for title, attr, _, _ in panels}

@@ -42,7 +42,15 @@ from captum_fdcam.models import (
     imagenet_categories,
     preprocess,
 )
-from captum_fdcam.visualization import normalize_map, upsample
+from captum_fdcam.visualization import (
+    MINMAX_SCALE,
+    figure_grid,
+    finish_figure,
+    normalize_map,
+    overlay_scaled,
+    save_figure,
+    upsample,
+)
 
 #: Compared with FD-CAM by default; all are cheap at the head layer (Score-CAM and
 #: Group-CAM would run the whole network hundreds of times).
@@ -123,32 +131,25 @@ def half_shares(cam: Tensor) -> tuple[float, float]:
     return left, 1.0 - left
 
 
-def draw(image: np.ndarray, rows: dict[str, dict[str, Tensor]], path: Path, title: str) -> Path:
-    """One row per class: the image, then each method's overlay."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(
+    image: np.ndarray, rows: dict[str, dict[str, Tensor]], path: Path, title: str, layer: str
+) -> Path:
+    """One row per class: the image, then each method's overlay (min-max per map)."""
     columns = 1 + max(len(maps) for maps in rows.values())
     aspect = image.shape[1] / image.shape[0]
-    # Panel height: the image's plus room for its title, so titles never overlap.
-    size = (1.8 * aspect * columns, 0.4 + 2.2 * len(rows))
-    fig, axes = plt.subplots(len(rows), columns, figsize=size, squeeze=False, layout="constrained")
+    # Panel height: the image's plus room for its title, so titles never overlap; 0.8 inch
+    # more width for the colour bar at the right.
+    fig, axes = figure_grid(
+        len(rows), columns, (0.8 + 1.8 * aspect * columns, 0.4 + 2.2 * len(rows))
+    )
     for ax_row, (label, maps) in zip(axes, rows.items(), strict=True):
         ax_row[0].imshow(image)
         ax_row[0].set_title(f"explaining {label}", fontsize=9)
         for ax, (name, cam) in zip(ax_row[1:], maps.items(), strict=False):
-            ax.imshow(image)
-            ax.imshow(normalize_map(cam), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            overlay_scaled(ax, image, normalize_map(cam))
             ax.set_title(name, fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    finish_figure(fig, axes, title, layer=layer, scale=MINMAX_SCALE, location="right")
+    return save_figure(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> TwoClassResult:
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> TwoClassResult:
         print(f"  {side:<5s} {categories[t]:<20s} (class {t:3d})  p = {probs[t].item():.3f}")
 
     methods = args.methods or (SMALL_METHODS if args.small else FULL_METHODS)
-    layer = model.head_activation
+    layer_name = "head_activation"
+    layer = model.get_submodule(layer_name)
     # Keyed by side too: ImageNet repeats a few names ("crane", "maillot").
     labels = [f"{side}: {name}" for side, name in zip(SIDES, names, strict=True)]
     rows: dict[str, dict[str, Tensor]] = {label: {} for label in labels}
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> TwoClassResult:
         image,
         rows,
         args.out / "fd_cam_two_classes.png",
-        "EfficientNet-Lite0, one map per class at head_activation",
+        "EfficientNet-Lite0, one map per class",
+        layer_name,
     )
     print(f"Wrote {figure}")
     return TwoClassResult(figure, targets, names, shares, [probs[t].item() for t in targets])

@@ -31,11 +31,20 @@ from torch import Tensor
 
 from captum_fdcam import METHODS, FGCam, LayerFGCam, LayerGradCam
 from captum_fdcam.models import denormalize, efficientnet_lite0, imagenet_categories, preprocess
-from captum_fdcam.visualization import normalize_map, upsample
+from captum_fdcam.visualization import (
+    figure_grid,
+    finish_figure,
+    normalize_map,
+    overlay_scaled,
+    save_figure,
+    upsample,
+)
 
 #: Depths, shallowest last; None is the input.
 FULL_DEPTHS = ("head_activation", "_blocks.10", "_blocks.4", "_blocks.2", None)
 SMALL_DEPTHS = ("_blocks.10", None)
+#: What the figure's colours mean (:func:`display_map`).
+DISPLAY_SCALE = "relevance per map, min-max normalised, top 0.5% saturated (0-1)"
 
 
 @dataclass
@@ -70,39 +79,27 @@ def display_map(cam: Tensor) -> np.ndarray:
 
 
 def draw(
-    image: np.ndarray, rows: dict[str, dict[str, Tensor | None]], path: Path, title: str
+    image: np.ndarray,
+    rows: dict[str, dict[str, Tensor | None]],
+    path: Path,
+    title: str,
+    layer: str,
 ) -> Path:
     """One row per depth: the photo, then each method's map upsampled onto it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = 1 + max(len(maps) for maps in rows.values())
-    fig, axes = plt.subplots(
-        len(rows),
-        columns,
-        figsize=(2.0 * columns, 0.4 + 2.2 * len(rows)),
-        squeeze=False,
-        layout="constrained",
-    )
+    # 0.6 inch more for the colour bar under the panels.
+    fig, axes = figure_grid(len(rows), columns, (2.0 * columns, 1.0 + 2.2 * len(rows)))
     for ax_row, (depth, maps) in zip(axes, rows.items(), strict=True):
         ax_row[0].imshow(image)
-        ax_row[0].set_title(depth, fontsize=9)
+        ax_row[0].set_title(depth if depth == "input" else f"layer {depth}", fontsize=9)
         for ax, (name, cam) in zip(ax_row[1:], maps.items(), strict=False):
             if cam is None:
                 ax.text(0.5, 0.5, f"no {name}\nat the input", ha="center", va="center")
                 continue
-            ax.imshow(image)
-            ax.imshow(display_map(cam), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            overlay_scaled(ax, image, display_map(cam))
             ax.set_title(name, fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    finish_figure(fig, axes, title, layer=layer, scale=DISPLAY_SCALE)
+    return save_figure(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> DepthsResult:
@@ -177,6 +174,7 @@ def main(argv: list[str] | None = None) -> DepthsResult:
         rows,
         args.out / "fg_cam_depths.png",
         f"EfficientNet-Lite0, {category}: Grad-CAM at each layer vs FG-CAM from the head",
+        "per row (FG-CAM's base CAM at head_activation)",
     )
     print(f"Wrote {figure}")
     return DepthsResult(figure, target, sizes, correlations)

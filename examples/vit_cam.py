@@ -32,7 +32,15 @@ from torch import Tensor, nn
 
 from captum_fdcam import METHODS
 from captum_fdcam.reshape import TokensToGrid
-from captum_fdcam.visualization import normalize_map, upsample
+from captum_fdcam.visualization import (
+    MINMAX_SCALE,
+    figure_grid,
+    finish_figure,
+    normalize_map,
+    overlay_scaled,
+    save_figure,
+    upsample,
+)
 
 COLOURS = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
 GRID, PATCH = 4, 8
@@ -87,37 +95,22 @@ def train(steps: int) -> nn.Module:
     return vit.eval()
 
 
-def draw(x: Tensor, maps: dict[str, Tensor], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw(x: Tensor, maps: dict[str, Tensor], path: Path, title: str, layer: str) -> Path:
+    """One row per image: the image, then each method's map (min-max per map) over it."""
     rows, columns = len(x), 1 + len(maps)
-    fig, axes = plt.subplots(
-        rows,
-        columns,
-        figsize=(1.8 * columns, 0.5 + 1.8 * rows),
-        squeeze=False,
-        layout="constrained",
-    )
+    # 0.6 inch more for the colour bar under the panels.
+    fig, axes = figure_grid(rows, columns, (1.8 * columns, 1.1 + 1.8 * rows))
     images = (x.permute(0, 2, 3, 1).clamp(-1.5, 1.5) / 3 + 0.5).numpy()
     for i, ax_row in enumerate(axes):
         ax_row[0].imshow(images[i])
         ax_row[0].set_title("image" if i == 0 else "", fontsize=9)
         for ax, (name, cam) in zip(ax_row[1:], maps.items(), strict=True):
-            ax.imshow(images[i])
             full = upsample(cam[i : i + 1], x.shape[-2:])
-            ax.imshow(normalize_map(full), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            overlay_scaled(ax, images[i], normalize_map(full))
             if i == 0:
                 ax.set_title(name, fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    finish_figure(fig, axes, title, layer=layer, scale=MINMAX_SCALE)
+    return save_figure(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> VitResult:
@@ -153,7 +146,8 @@ def main(argv: list[str] | None = None) -> VitResult:
         x[:shown],
         {m: v[:shown] for m, v in last.items()},
         args.out / "vit_cam.png",
-        f"ViT (2 blocks, trained here), {LAYERS[-1]}, TokensToGrid()",
+        "ViT (2 blocks, trained here), reshape_transform=TokensToGrid()",
+        LAYERS[-1],
     )
     print(f"Wrote {figure}")
     return VitResult(figure, accuracy, hit_rates, shapes)

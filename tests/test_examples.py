@@ -9,12 +9,17 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from captum_fdcam.visualization import MINMAX_SCALE, normalize_map
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -36,6 +41,43 @@ def read_png(path: Path) -> np.ndarray:
     assert path.suffix == ".png" and path.stat().st_size > 10_000
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
+
+
+@dataclass
+class SavedFigure:
+    """What a figure said when an example saved it."""
+
+    title: str
+    #: The labels of its colour bars ("" for one without a label).
+    colorbars: list[str]
+
+
+@pytest.fixture
+def saved(monkeypatch: pytest.MonkeyPatch) -> list[SavedFigure]:
+    """Records every figure the examples save through ``visualization.save_figure``.
+
+    Patched before an example is loaded, so its ``from ... import save_figure`` gets the
+    recording one."""
+    from captum_fdcam import visualization
+
+    figures: list[SavedFigure] = []
+    save = visualization.save_figure
+
+    def record(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+        bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+        labels = [ax.get_xlabel() or ax.get_ylabel() for ax in bars]
+        figures.append(SavedFigure(fig.get_suptitle(), labels))
+        return save(fig, path, dpi)
+
+    monkeypatch.setattr(visualization, "save_figure", record)
+    return figures
+
+
+def assert_explains(saved: list[SavedFigure], layer: str, bars: int = 1) -> None:
+    """One figure was saved, it names ``layer`` and has ``bars`` colour bars."""
+    (figure,) = saved
+    assert f"layer: {layer}" in figure.title, figure.title
+    assert len(figure.colorbars) == bars, figure.colorbars
 
 
 def assert_not_blank(pixels: np.ndarray) -> None:
@@ -68,7 +110,9 @@ def test_captum_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "FD-CAM" in capsys.readouterr().out
 
 
-def test_captum_visualization(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_captum_visualization(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], saved: list[SavedFigure]
+) -> None:
     from skimage import data
 
     example = load_example("captum_visualization")
@@ -101,10 +145,14 @@ def test_captum_visualization(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     height, width, _ = pixels.shape
     assert 600 <= height <= 800 and 1200 <= width <= 1400  # 2 x 4 panels
     assert_not_blank(pixels)
+    # A colour bar under each heat map: 3 blended, the signed one and FG-CAM's.
+    assert_explains(saved, "head_activation", bars=5)
     assert "masked_image" in capsys.readouterr().out
 
 
-def test_fd_cam_two_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fd_cam_two_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], saved: list[SavedFigure]
+) -> None:
     example = load_example("fd_cam_two_classes")
     result = example.main(["--small", "--out", str(tmp_path)])
 
@@ -125,6 +173,8 @@ def test_fd_cam_two_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     # Two rows (one per class) of 1 + 2 panels, each twice as wide as high.
     assert 300 <= height <= 800 and width > 2 * height
     assert_not_blank(pixels)
+    assert_explains(saved, "head_activation")
+    assert saved[0].colorbars == [MINMAX_SCALE]
     out = capsys.readouterr().out
     for name in result.class_names:
         assert name in out
@@ -150,7 +200,9 @@ def test_fd_cam_two_classes_on_a_given_photo(tmp_path: Path) -> None:
         example.main(["--image", str(photo)])
 
 
-def test_fg_cam_depths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fg_cam_depths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], saved: list[SavedFigure]
+) -> None:
     example = load_example("fg_cam_depths")
     result = example.main(["--small", "--out", str(tmp_path)])
 
@@ -173,6 +225,8 @@ def test_fg_cam_depths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     height, width, _ = pixels.shape
     assert 400 <= height <= 700 and 600 <= width <= 1000  # 2 depths x 4 panels
     assert_not_blank(pixels)
+    assert_explains(saved, "per row (FG-CAM's base CAM at head_activation)")
+    assert saved[0].colorbars == [example.DISPLAY_SCALE]
     assert "no Grad-CAM" not in capsys.readouterr().out  # drawn, not printed
 
 
@@ -201,3 +255,21 @@ def test_quantus_evaluation(tmp_path: Path) -> None:
         assert [float(cell) for cell in row.strip("|").split("|")[1:]] == pytest.approx(
             list(scores.values()), rel=1e-3
         )
+
+
+def test_vit_figure_names_its_layer_and_scale(tmp_path: Path, saved: list[SavedFigure]) -> None:
+    """The ViT example's figure (the example itself runs in test_transformers.py), drawn
+    from two made-up maps: a colour bar for the min-max scale and the explained layer."""
+    example = load_example("vit_cam")
+    x = torch.rand(2, 3, 32, 32)
+    maps = {"A": torch.rand(2, 1, 4, 4), "B": torch.rand(2, 1, 4, 4)}
+    figure = example.draw(x, maps, tmp_path / "vit.png", "ViT", example.LAYERS[-1])
+    assert figure.is_file()
+    assert_explains(saved, example.LAYERS[-1])
+    assert saved[0].colorbars == [MINMAX_SCALE]
+
+
+def test_normalize_map_is_the_min_max_the_colour_bar_says() -> None:
+    cam = torch.tensor([[2.0, 4.0], [6.0, 10.0]])
+    np.testing.assert_allclose(normalize_map(cam), [[0.0, 0.25], [0.5, 1.0]])
+    assert not normalize_map(torch.full((1, 3, 3), 7.0)).any()  # constant: all zero
