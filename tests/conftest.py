@@ -18,10 +18,16 @@ from torch import Tensor, nn
 
 
 class SmallCNN(nn.Module):
-    """A small CNN whose head is not linear, so gradients vary over positions."""
+    """A small CNN whose head is not linear, so gradients vary over positions.
 
-    def __init__(self, num_classes: int = 5, inplace: bool = False) -> None:
+    Input (N, 3, image_size, image_size); ``features[3]`` (then ``act``) gives
+    (N, 12, image_size / 2, image_size / 2). The default 8 px keeps the hand-split
+    references cheap; the method matrix uses 32 px, which Group-CAM's default blur needs.
+    """
+
+    def __init__(self, num_classes: int = 5, inplace: bool = False, image_size: int = 8) -> None:
         super().__init__()
+        cells = (image_size // 2) ** 2
         self.features = nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1),
             nn.ReLU(),
@@ -30,7 +36,7 @@ class SmallCNN(nn.Module):
         )
         self.act = nn.ReLU(inplace=inplace)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(12 * 4 * 4, 16), nn.Tanh(), nn.Linear(16, num_classes)
+            nn.Flatten(), nn.Linear(12 * cells, 16), nn.Tanh(), nn.Linear(16, num_classes)
         )
 
     def forward(self, x: Tensor) -> Tensor:
