@@ -59,6 +59,7 @@ def test_resumes_where_it_stopped(folder: Path, tmp_path: Path) -> None:
     assert (out / "fdcam-table1_insertion.png").is_file()
 
 
+@pytest.mark.slow
 def test_torchrun_shards_merge_to_the_single_process_tables(folder: Path, tmp_path: Path) -> None:
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     # Both runs in fresh processes with one thread each (torchrun's default), so

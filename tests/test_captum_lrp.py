@@ -184,6 +184,7 @@ def references(vgg11: nn.Module, images: Tensor) -> dict[str, list[Tensor]]:
 # ------------------------------------------------------- our rules in Captum's LRP
 
 
+@pytest.mark.slow
 def test_captum_lrp_and_ours_agree_on_torchvision_vgg11() -> None:
     torch.manual_seed(0)
     model = torchvision.models.vgg11(num_classes=10).eval()

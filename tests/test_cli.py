@@ -141,6 +141,7 @@ def test_evaluate_a_folder(tmp_path: Path, photos: Path, offline: torch.nn.Modul
     assert (out / "evaluate_insertion.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_evaluate_with_quantus_own_metrics(tmp_path: Path, photos: Path, offline) -> None:
     out = tmp_path / "eval"
     argv = ["evaluate", str(photos), "--methods", "Layer-CAM", "--limit", "1", "--quiet"]
@@ -168,6 +169,7 @@ def test_evaluate_and_benchmark_errors(tmp_path: Path, photos: Path, capsys) -> 
     assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_benchmark_command_writes_the_tables(tmp_path: Path, photos: Path) -> None:
     argv = ["benchmark", "--data", str(photos), "--tables", "fdcam-table1", "--cams", "Grad-CAM"]
     out = tmp_path / "tables"

@@ -397,6 +397,7 @@ def test_parsing_the_command_line_imports_neither_torch_nor_the_methods() -> Non
     assert run.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_the_package_imports_its_names_on_first_use() -> None:
     code = (
         "import sys, captum_fdcam as p; assert 'torch' not in sys.modules; "

@@ -16,6 +16,9 @@ import pytest
 
 import captum_fdcam
 
+# Each test builds the Sphinx site in a subprocess: tens of seconds.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 

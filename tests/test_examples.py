@@ -230,6 +230,7 @@ def test_fg_cam_depths(
     assert "no Grad-CAM" not in capsys.readouterr().out  # drawn, not printed
 
 
+@pytest.mark.slow
 def test_quantus_evaluation(tmp_path: Path) -> None:
     example = load_example("quantus_evaluation")
     result = example.main(["--small", "--out", str(tmp_path)])

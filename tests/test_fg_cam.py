@@ -437,6 +437,7 @@ CONSERVATION = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONSERVATION))
 def test_positive_relevance_is_conserved_without_bias(name: str) -> None:
     make, base_layer, layers, tolerance = CONSERVATION[name]
@@ -552,6 +553,7 @@ def test_sglrp_starts_from_the_softmax_gradient(tiny_vgg: TinyVGG, images: Tenso
         torch.testing.assert_close(got[i], expected)
 
 
+@pytest.mark.slow
 def test_lrp_conserves_the_logit_on_resnet_where_captum_does_not() -> None:
     torch.manual_seed(8)
     model = _no_bias(torchvision.models.resnet18(num_classes=10))
@@ -708,6 +710,7 @@ def test_one_forward_pass_serves_the_base_cam_and_the_propagation(
     assert sum(calls) == len(images)
 
 
+@pytest.mark.slow
 def test_no_memory_is_kept_between_calls(tiny_vgg: TinyVGG, images: Tensor) -> None:
     import gc
 

@@ -80,6 +80,7 @@ def test_matches_formula(split_model: SplitModel, method: type) -> None:
     torch.testing.assert_close(relu[:, 0], expected.clamp(min=0), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", GRADIENT_METHODS, ids=lambda m: m.__name__)
 def test_per_channel_maps_sum_to_the_map(split_model: SplitModel, method: type) -> None:
     x = torch.randn(2, *split_model.input_shape, dtype=torch.float64)
@@ -90,6 +91,7 @@ def test_per_channel_maps_sum_to_the_map(split_model: SplitModel, method: type) 
     torch.testing.assert_close(per_channel.sum(dim=1, keepdim=True), summed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model_name, layer_path",
     [("resnet18", "layer4"), ("vgg11", "features.18"), ("vgg11", "features.20")],

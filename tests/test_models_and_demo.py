@@ -59,6 +59,7 @@ def test_preprocess_greyscale_and_shape() -> None:
     assert x.dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_demo_writes_the_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from captum_fdcam.demo import main
 

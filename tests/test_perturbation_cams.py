@@ -251,6 +251,7 @@ SWITCH_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SWITCH_CASES)
 def test_fdcam_matches_naive(request: pytest.FixtureRequest, case: str) -> None:
     ((model, layer, shape),) = _cases(request, [case])
@@ -326,6 +327,7 @@ def test_groups_of_one_and_switch_off_rank_channels_like_ablation_cam(
     assert torch.equal(torch.argsort(scores[live]), torch.argsort(ablation_weights))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SWITCH_CASES[:3])
 def test_ablation_cam_matches_naive(request: pytest.FixtureRequest, case: str) -> None:
     ((model, layer, shape),) = _cases(request, [case])
@@ -335,6 +337,7 @@ def test_ablation_cam_matches_naive(request: pytest.FixtureRequest, case: str) -
     torch.testing.assert_close(ours[0, 0], naive_ablation(model, layer, x, 2), rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, baseline",
     [("small", 0.0), ("small", None), ("small", -1.0), ("resnet18.layer4", 0.0)],
@@ -350,6 +353,7 @@ def test_score_cam_matches_naive(
     torch.testing.assert_close(ours[0, 0], expected, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, groups, kernel, sigma",
     [("small", 4, 5, 2.0), ("resnet18.layer4", 32, 51, 50.0)],
@@ -404,6 +408,7 @@ class _CountImages:
         self.images += args[0].shape[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [LayerAblationCam, LayerFDCam], ids=lambda m: m.__name__)
 def test_the_network_before_the_layer_runs_once_per_input(method: type) -> None:
     torch.manual_seed(10)

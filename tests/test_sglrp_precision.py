@@ -109,6 +109,7 @@ def _cosine(a: Tensor, b: Tensor) -> Tensor:
 BUILDS = {"small-cnn": _small_cnn, "resnet18": _resnet}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILDS))
 @pytest.mark.parametrize("gap", [16.0, 20.0])
 def test_float32_agrees_with_float64_when_p_is_close_to_1(name: str, gap: float) -> None:
