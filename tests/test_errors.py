@@ -326,3 +326,14 @@ def test_compiled_submodule_runs_eagerly(name: str) -> None:
     for _ in range(2):  # the second call is where a compiled graph would be reused
         got = _explain(name, compiled)(X, [0, 1])
         torch.testing.assert_close(got, _explain(name, plain)(X, [0, 1]), rtol=0, atol=0)
+
+
+def test_scripted_submodule_after_something_was_compiled() -> None:
+    # Once Dynamo has compiled anything in the process, every call looks for compiled
+    # parts in the model: a TorchScript submodule's class has a forward that raises
+    # AttributeError when read, which failed every CAM on such a model.
+    torch.compile(nn.Linear(2, 2), backend="eager")(torch.randn(1, 2))
+    model = _scripted_head()
+    expected = Net().eval()
+    got = _cam("Grad-CAM")(model, model.act)(X, [0, 1])
+    torch.testing.assert_close(got, _cam("Grad-CAM")(expected, expected.act)(X, [0, 1]))

@@ -186,6 +186,9 @@ def _has_compiled_parts(forward_func: Callable[..., Any]) -> bool:
     if not isinstance(model, Module):
         return True
     for module in model.modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            # Not compiled by Dynamo, and its class's ``forward`` raises AttributeError.
+            continue
         if getattr(module, "_orig_mod", None) is not None:  # an OptimizedModule inside
             return True
         if getattr(module, "_compiled_call_impl", None) is not None:  # module.compile()
