@@ -41,6 +41,7 @@ def _lines(out: Path) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_resumes_where_it_stopped(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     main(["--data", str(folder), "--out", str(out), "--limit", "2", *ARGS])

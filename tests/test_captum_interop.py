@@ -481,6 +481,7 @@ def test_ablation_cam_on_a_segmentation_model(segmentation: tuple[nn.Module, Ten
         torch.testing.assert_close(terms[:, k], expected, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_fd_cam_on_a_segmentation_model(segmentation: tuple[nn.Module, Tensor]) -> None:
     """FD-CAM's switching score of two channels, groups and switches written by hand:
     s_k = ((y - y(group of k off)) + y(only the group of k on)) / 2."""

@@ -198,6 +198,7 @@ def test_captum_lrp_and_ours_agree_on_torchvision_vgg11() -> None:
     assert torch.corrcoef(torch.stack([ours.flatten(), theirs.flatten()]))[0, 1] > 0.999999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first", ["zbox", "zplus"])
 def test_captum_lrp_applies_our_rules_as_our_engine_does(
     vgg11: nn.Module, images: Tensor, references: dict[str, list[Tensor]], first: str

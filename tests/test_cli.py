@@ -71,6 +71,7 @@ def test_explain_the_bundled_photo(tmp_path: Path, offline: torch.nn.Module, cap
         assert figure.width > 2 * figure.height > 0
 
 
+@pytest.mark.slow
 def test_explain_a_folder_with_a_torchvision_model(tmp_path: Path, photos: Path) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
@@ -87,6 +88,7 @@ def test_explain_a_folder_with_a_torchvision_model(tmp_path: Path, photos: Path)
     np.testing.assert_allclose(np.load(out / "cup.fd-cam.npy"), expected, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_torchscript_models_take_input_methods_only(tmp_path: Path, photos: Path, capsys) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
@@ -122,6 +124,7 @@ def test_explain_errors(tmp_path: Path, photos: Path, capsys, monkeypatch) -> No
     _error(capsys, ["explain", cat, "--device", "cuda"], "no GPU is available")
 
 
+@pytest.mark.slow
 def test_evaluate_a_folder(tmp_path: Path, photos: Path, offline: torch.nn.Module) -> None:
     out = tmp_path / "eval"
     argv = ["evaluate", str(photos), "--methods", "Grad-CAM", "--metrics", "insertion"]

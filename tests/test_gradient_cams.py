@@ -64,6 +64,7 @@ def naive_map(method: type, a: Tensor, g: Tensor) -> Tensor:
     return cam
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", GRADIENT_METHODS, ids=lambda m: m.__name__)
 def test_matches_formula(split_model: SplitModel, method: type) -> None:
     torch.manual_seed(1)

@@ -404,6 +404,7 @@ def test_model_and_inputs_unchanged(vit: nn.Module) -> None:
 # ------------------------------------------------------------- example
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_vit_example(tmp_path: Path) -> None:
     """examples/vit_cam.py trains its ViT, explains it at two layers, draws the maps."""
