@@ -452,6 +452,7 @@ def _scores_with(
         return region_score(model(x)["out"], masks, targets)
 
 
+@pytest.mark.slow
 def test_ablation_cam_on_a_segmentation_model(segmentation: tuple[nn.Module, Tensor]) -> None:
     """w_k = (y - y with channel k zeroed) / y for the region score, two channels by hand."""
     model, x = segmentation

@@ -180,6 +180,7 @@ def test_fd_cam_two_classes(
         assert name in out
 
 
+@pytest.mark.slow
 def test_fd_cam_two_classes_on_a_given_photo(tmp_path: Path) -> None:
     """--image/--classes: the composite saved as a file, classes by index and by name."""
     example = load_example("fd_cam_two_classes")
@@ -200,6 +201,7 @@ def test_fd_cam_two_classes_on_a_given_photo(tmp_path: Path) -> None:
         example.main(["--image", str(photo)])
 
 
+@pytest.mark.slow
 def test_fg_cam_depths(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], saved: list[SavedFigure]
 ) -> None:

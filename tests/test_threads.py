@@ -163,6 +163,7 @@ def test_two_attributions_on_one_model_at_once() -> None:
     _assert_clean(explainers, messages)
 
 
+@pytest.mark.slow
 def test_a_plain_model_leaves_the_compiler_stance_alone() -> None:
     """Dynamo's stance is process-wide: set only where compiled code may run, so that an
     attribution of a plain model does not make other threads' compiled code run eagerly."""
