@@ -13,16 +13,37 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from captum_fdcam import registry as _registry
+
 # The names below are imported on first use (PEP 562): importing torch and Captum takes
 # seconds, which ``captum-fdcam --help`` and anything else that only needs a submodule
 # (captum_fdcam.cli, captum_fdcam.reshape) should not pay.
 if TYPE_CHECKING:
     from captum_fdcam._core.base import (
+        CamState,
+        GradientCamState,
         GradientLayerCam,
+        GradientPerturbationCamState,
         GradientPerturbationLayerCam,
         LayerCamBase,
-        LayerState,
+        PerturbationCamState,
         PerturbationLayerCam,
+        StateT,
+        WeightedLayerCam,
+    )
+    from captum_fdcam._core.layout import FeatureLayout
+    from captum_fdcam._core.perturbation import PerturbationEngine
+    from captum_fdcam.errors import (
+        CamError,
+        FeatureMapError,
+        GradientsDisabledError,
+        InputError,
+        LayerError,
+        ModelOutputError,
+        NonFiniteError,
+        TargetError,
+        TorchScriptError,
+        UnsupportedModuleError,
     )
     from captum_fdcam.methods import (
         CLRP,
@@ -45,11 +66,28 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "CamState": "captum_fdcam._core.base",
+    "GradientCamState": "captum_fdcam._core.base",
     "GradientLayerCam": "captum_fdcam._core.base",
+    "GradientPerturbationCamState": "captum_fdcam._core.base",
     "GradientPerturbationLayerCam": "captum_fdcam._core.base",
     "LayerCamBase": "captum_fdcam._core.base",
-    "LayerState": "captum_fdcam._core.base",
+    "PerturbationCamState": "captum_fdcam._core.base",
     "PerturbationLayerCam": "captum_fdcam._core.base",
+    "StateT": "captum_fdcam._core.base",
+    "WeightedLayerCam": "captum_fdcam._core.base",
+    "FeatureLayout": "captum_fdcam._core.layout",
+    "PerturbationEngine": "captum_fdcam._core.perturbation",
+    "CamError": "captum_fdcam.errors",
+    "FeatureMapError": "captum_fdcam.errors",
+    "GradientsDisabledError": "captum_fdcam.errors",
+    "InputError": "captum_fdcam.errors",
+    "LayerError": "captum_fdcam.errors",
+    "ModelOutputError": "captum_fdcam.errors",
+    "NonFiniteError": "captum_fdcam.errors",
+    "TargetError": "captum_fdcam.errors",
+    "TorchScriptError": "captum_fdcam.errors",
+    "UnsupportedModuleError": "captum_fdcam.errors",
     "CLRP": "captum_fdcam.methods",
     "SGLRP": "captum_fdcam.methods",
     "FGCam": "captum_fdcam.methods",
@@ -69,17 +107,8 @@ _EXPORTS = {
 }
 
 # METHODS by class name, so that the command line can list the names without importing
-# the classes.
-_METHOD_CLASSES = {
-    "Grad-CAM": "LayerGradCam",
-    "Grad-CAM++": "LayerGradCamPlusPlus",
-    "XGrad-CAM": "LayerXGradCam",
-    "Layer-CAM": "LayerLayerCam",
-    "Score-CAM": "LayerScoreCam",
-    "Ablation-CAM": "LayerAblationCam",
-    "Group-CAM": "LayerGroupCam",
-    "FD-CAM": "LayerFDCam",
-}
+# the classes: read from the one registry of methods (standard library only).
+_METHOD_CLASSES = _registry.method_classes()
 
 # Subpackages the eager version of this module imported, so that code written as
 # ``import captum_fdcam; captum_fdcam.methods.X`` keeps working.
@@ -92,11 +121,20 @@ __all__ = [
     "CLRP",
     "METHODS",
     "SGLRP",
+    "CamError",
+    "CamState",
     "FGCam",
+    "FeatureLayout",
+    "FeatureMapError",
+    "GradientCamState",
     "GradientLayerCam",
+    "GradientPerturbationCamState",
     "GradientPerturbationLayerCam",
+    "GradientsDisabledError",
+    "InputError",
     "LayerAblationCam",
     "LayerCamBase",
+    "LayerError",
     "LayerFDCam",
     "LayerFGCam",
     "LayerGradCam",
@@ -104,11 +142,19 @@ __all__ = [
     "LayerGroupCam",
     "LayerLayerCam",
     "LayerScoreCam",
-    "LayerState",
     "LayerXGradCam",
+    "ModelOutputError",
+    "NonFiniteError",
+    "PerturbationCamState",
+    "PerturbationEngine",
     "PerturbationLayerCam",
     "PropagationLRP",
     "SegmentationTarget",
+    "StateT",
+    "TargetError",
+    "TorchScriptError",
+    "UnsupportedModuleError",
+    "WeightedLayerCam",
     "ZBoxRule",
     "ZPlusRule",
     "__version__",
@@ -117,7 +163,9 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "METHODS":
-        value: Any = {label: __getattr__(cls) for label, cls in _METHOD_CLASSES.items()}
+        # The classes of the registry's CAMs, each from the module the registry names
+        # (a method added there needs no change here).
+        value: Any = {m.name: _registry.load_class(m) for m in _registry.REGISTRY if m.layer}
     elif name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     elif name in _SUBMODULES:
