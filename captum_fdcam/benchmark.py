@@ -44,9 +44,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from captum_fdcam.errors import CliError
+from captum_fdcam.errors import CliArgumentParser, CliError
 from captum_fdcam.evaluation.data import LabelsError, folder_images, read_labels
 from captum_fdcam.evaluation.scoring import Job
 from captum_fdcam.registry import cam_names, split_fg
@@ -704,16 +704,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's errors in one line, like the command's own (argparse would print the
-    usage first, seven lines here)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = CliArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return parser.parse_args(argv)
 

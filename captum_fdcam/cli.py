@@ -27,10 +27,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from captum_fdcam import registry
-from captum_fdcam.errors import CliError
+from captum_fdcam.errors import CliArgumentParser, CliError
 from captum_fdcam.evaluation.data import (
     IMAGE_SUFFIXES,
     folder_images,
@@ -536,13 +536,6 @@ def run_benchmark(args: argparse.Namespace) -> Any:
 # ------------------------------------------------------------------------- parser
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's errors as one line, like the command's own (argparse would print the
-    whole usage first, a dozen lines for explain)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
 
 class _HelpFormatter(argparse.HelpFormatter):
     """Appends each option's default to its help unless the help already states it:
@@ -615,7 +608,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from captum_fdcam import benchmark
 
-    parser = _Parser(
+    parser = CliArgumentParser(
         prog="captum-fdcam",
         description="Explain images with CAM methods, evaluate them with Quantus metrics, "
         "reproduce the papers' tables. 'captum-fdcam COMMAND --help' for each command.",

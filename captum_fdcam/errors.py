@@ -8,10 +8,14 @@ base of all of them. The table of kinds, classes and messages is in docs/errors.
 Mistakes in a method's options (``group_fraction=2``, ``score='logits'``) stay plain
 ``ValueError`` / ``TypeError``, as everywhere in Python.
 
-This module imports nothing, so that every part of the library can use it.
+This module imports only the standard library, so that every part of the library can use
+it.
 """
 
 from __future__ import annotations
+
+import argparse
+from typing import NoReturn
 
 
 class CamError(Exception):
@@ -69,8 +73,17 @@ class CliError(Exception):
     ``CamError``: it is the commands' report of a mistake, not the library's."""
 
 
+class CliArgumentParser(argparse.ArgumentParser):
+    """argparse's errors as one line, like the commands' own :class:`CliError` (argparse
+    would print the whole usage first, a dozen lines for ``explain``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 __all__ = [
     "CamError",
+    "CliArgumentParser",
     "CliError",
     "FeatureMapError",
     "GradientsDisabledError",

@@ -79,9 +79,10 @@ def _entries() -> tuple[MethodInfo, ...]:
     return REGISTRY
 
 
-def cam_names() -> tuple[str, ...]:
-    """The CAMs (methods that explain a layer), by display name, in table order."""
-    return tuple(m.name for m in _entries() if m.layer)
+def cam_names(*families: Family) -> tuple[str, ...]:
+    """The CAMs (methods that explain a layer), by display name, in table order; only
+    those of the given families if any are given (``cam_names("gradient")``)."""
+    return tuple(m.name for m in _entries() if m.layer and (not families or m.family in families))
 
 
 def fg_names() -> tuple[str, ...]:

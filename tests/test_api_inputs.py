@@ -43,10 +43,11 @@ from captum_fdcam import (
     PropagationLRP,
 )
 from captum_fdcam.methods.switching import similarity_groups
+from captum_fdcam.registry import cam_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PERTURBATION = ["Score-CAM", "Ablation-CAM", "Group-CAM", "FD-CAM"]
+PERTURBATION = list(cam_names("perturbation", "gradient+perturbation"))
 
 
 def small_model(seed: int = 0) -> SmallCNN:

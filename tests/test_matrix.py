@@ -92,6 +92,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
 from captum_fdcam import CLRP, METHODS, SGLRP, FGCam, LayerFGCam, PropagationLRP
+from captum_fdcam.registry import cam_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -593,7 +594,7 @@ def test_lrp_matrix(
 
 # ------------------------------------------------------------- batch = per image
 
-BATCH_METHODS = ["Grad-CAM", "Grad-CAM++", "XGrad-CAM", "Layer-CAM"]
+BATCH_METHODS = list(cam_names("gradient"))
 
 
 @pytest.mark.parametrize("model_name", _models())

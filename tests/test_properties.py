@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from captum_fdcam import METHODS, LayerAblationCam, LayerScoreCam
 from captum_fdcam._core.perturbation import unique_rows
 from captum_fdcam._core.validation import select_target_scores, target_rows
+from captum_fdcam.registry import cam_names
 
-PERTURBATION = ["Score-CAM", "Ablation-CAM", "Group-CAM", "FD-CAM"]
+PERTURBATION = list(cam_names("perturbation", "gradient+perturbation"))
 
 SETTINGS = settings(
     max_examples=60,

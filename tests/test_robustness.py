@@ -46,9 +46,10 @@ from captum_fdcam import (
     PropagationLRP,
 )
 from captum_fdcam.methods.switching import cosine_similarity_matrix, similarity_groups
+from captum_fdcam.registry import cam_names
 
-GRADIENT = ["Grad-CAM", "Grad-CAM++", "XGrad-CAM", "Layer-CAM"]
-PERTURBATION = ["Score-CAM", "Ablation-CAM", "Group-CAM", "FD-CAM"]
+GRADIENT = list(cam_names("gradient"))
+PERTURBATION = list(cam_names("perturbation", "gradient+perturbation"))
 #: Every CAM on its own ("cam") and as FG-CAM's base, propagated to the input ("fg").
 EVERY = [(kind, name) for kind in ("cam", "fg") for name in METHODS]
 
