@@ -10,13 +10,24 @@ which the stem calls too, so no module's output is the head's activation alone;
 the last block ends in a linear projection whose output can be negative. The
 wrapper gives the head its own activation module, :attr:`head_activation`
 (``ReLU6``, 1280 channels at 7x7 for 224x224 input), the default layer to explain.
-Everything else, including upstream's ``x.view(batch_size, -1)`` in ``forward``,
-is left as it is.
+
+Inside each block upstream calls the block's one ``_swish`` twice (after the
+expansion and after the depthwise convolution), so neither activation is a module's
+output either. Each block gets its own ``expand_activation`` (blocks with an
+expansion, all but ``_blocks.0``) and ``depthwise_activation`` modules, of the
+block's own activation class (``ReLU6`` for Lite), each called once per forward pass.
+:data:`DEPTHWISE_LAYER` (``_blocks.15.depthwise_activation``, 1152 x 7 x 7 at
+224 x 224, non-negative) is followed by a non-linear network (the projection, the head
+convolution and its ReLU6, pooling, the classifier): at ``head_activation`` only
+pooling and one linear layer follow. The new modules hold no parameters, so the
+state dict is upstream's. Everything else, including upstream's
+``x.view(batch_size, -1)`` in ``forward``, is left as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from pathlib import Path
 from typing import Any
@@ -28,6 +39,9 @@ from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The last block's depthwise activation: (N, 1152, 7, 7) at 224 x 224, non-negative,
+#: followed by the projection, the head convolution and its ReLU6.
+DEPTHWISE_LAYER = "_blocks.15.depthwise_activation"
 
 
 def _efficientnet_class() -> type[nn.Module]:
@@ -50,6 +64,59 @@ def _weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def _mbconv_forward(self: Any, inputs: Tensor, drop_connect_rate: float | None = None) -> Tensor:
+    """Upstream's ``MBConvBlock.forward`` (efficientnet-lite-pytorch 0.1.0), with the
+    expansion's and the depthwise convolution's activations through their own modules
+    instead of the shared ``_swish`` (which squeeze-and-excitation still uses)."""
+    import torch.nn.functional as F
+    from efficientnet_lite_pytorch.utils import drop_connect
+
+    x = inputs
+    if self._block_args.expand_ratio != 1:
+        x = self._expand_conv(inputs)
+        x = self._bn0(x)
+        x = self.expand_activation(x)
+
+    x = self._depthwise_conv(x)
+    x = self._bn1(x)
+    x = self.depthwise_activation(x)
+
+    if self.has_se:
+        x_squeezed = F.adaptive_avg_pool2d(x, 1)
+        x_squeezed = self._se_reduce(x_squeezed)
+        x_squeezed = self._swish(x_squeezed)
+        x_squeezed = self._se_expand(x_squeezed)
+        x = torch.sigmoid(x_squeezed) * x
+
+    x = self._project_conv(x)
+    x = self._bn2(x)
+
+    input_filters = self._block_args.input_filters
+    output_filters = self._block_args.output_filters
+    if self.id_skip and self._block_args.stride == 1 and input_filters == output_filters:
+        if drop_connect_rate:
+            x = drop_connect(x, p=drop_connect_rate, training=self.training)
+        x = x + inputs
+    return x
+
+
+def _give_block_activations(model: nn.Module) -> None:
+    """Each block's activations as modules of their own (see the module's docstring)."""
+    blocks = list(model._blocks)
+    if not blocks:
+        return
+    upstream = type(blocks[0])
+    # One subclass per upstream block class; only forward differs, so the block's
+    # parameters, buffers and state dict keys are upstream's.
+    block_class = type("MBConvBlockWithActivations", (upstream,), {"forward": _mbconv_forward})
+    for block in blocks:
+        block.__class__ = block_class
+        # A copy of the block's own activation (ReLU6 for Lite, swish otherwise).
+        if block._block_args.expand_ratio != 1:
+            block.expand_activation = copy.deepcopy(block._swish)
+        block.depthwise_activation = copy.deepcopy(block._swish)
+
+
 def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     """EfficientNet-Lite0 for ImageNet-1k, in eval mode, with its own head activation.
 
@@ -59,7 +126,8 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
 
     Returns:
         The model; explain ``model.head_activation`` (output (N, 1280, 7, 7) for
-        224x224 input). It maps (N, 3, 224, 224) normalised images to (N, 1000) logits.
+        224x224 input) or :data:`DEPTHWISE_LAYER` (N, 1152, 7, 7). It maps
+        (N, 3, 224, 224) normalised images to (N, 1000) logits.
     """
     base = _efficientnet_class()
 
@@ -80,6 +148,7 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     # from_name is a classmethod, so it builds the subclass; it prints nothing.
     model = EfficientNetLite0.from_name("efficientnet-lite0")
     model.head_activation = nn.ReLU6()
+    _give_block_activations(model)
     if pretrained:
         state = torch.load(_weights_path(), map_location="cpu", weights_only=True)
         # load_state_dict of the upstream helper prints; load directly and strictly.

@@ -12,7 +12,12 @@ import torch
 from skimage import data
 
 from captum_fdcam import LayerGradCam
-from captum_fdcam.models import efficientnet_lite0, imagenet_categories, preprocess
+from captum_fdcam.models import (
+    DEPTHWISE_LAYER,
+    efficientnet_lite0,
+    imagenet_categories,
+    preprocess,
+)
 from captum_fdcam.registry import cam_names
 
 efficientnet_lite_pytorch = pytest.importorskip("efficientnet_lite_pytorch")
@@ -47,10 +52,14 @@ def test_head_activation_is_the_explained_layer(model: torch.nn.Module) -> None:
     assert torch.isfinite(cam).all()
 
 
-def test_the_shared_swish_module_is_rejected(model: torch.nn.Module) -> None:
-    # a block's _swish runs after its expansion and after its depthwise conv
-    with pytest.raises(ValueError, match="more than once"):
-        LayerGradCam(model, model._blocks[1]._swish).attribute(preprocess(data.chelsea()), 0)
+def test_the_last_blocks_depthwise_activation_is_explained(model: torch.nn.Module) -> None:
+    # upstream's block calls one _swish twice (after the expansion and after the
+    # depthwise conv); the wrapper's depthwise_activation is called once
+    x = preprocess(data.chelsea())
+    layer = model.get_submodule(DEPTHWISE_LAYER)
+    cam = LayerGradCam(model, layer).attribute(x, target=282)
+    assert cam.shape == (1, 1, 7, 7)
+    assert torch.isfinite(cam).all() and cam.abs().max() > 0
 
 
 def test_preprocess_greyscale_and_shape() -> None:

