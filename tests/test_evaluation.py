@@ -71,8 +71,11 @@ def test_deletion_matches_a_naive_loop(bright: np.ndarray, reverse: bool) -> Non
     (score,) = metric(RegionModel().eval(), bright, np.array([0]), a_batch=a)
     expected = _naive_curve(bright[0], a[0], bright[0], np.zeros_like(bright[0]), 5)
     np.testing.assert_allclose(metric.curves[0], expected, rtol=1e-6)
-    n = len(expected)
-    assert score == pytest.approx(np.trapezoid(expected, np.linspace(0, 1, n)), rel=1e-6)
+    # 64 pixels in steps of 5: the last step moves 4, and the AUC weighs it by 4 / 64.
+    x = np.minimum(np.arange(len(expected)) * 5, SIZE * SIZE) / (SIZE * SIZE)
+    assert x[-1] - x[-2] == 4 / 64
+    np.testing.assert_allclose(metric.fractions[0], x)
+    assert score == pytest.approx(np.trapezoid(expected, x), rel=1e-6)
 
 
 def test_deletion_and_insertion_rank_the_perfect_map_first(bright: np.ndarray) -> None:
