@@ -19,6 +19,14 @@ Tables (``--tables``, default all):
   FG-Score-CAM with and without denoising (FG-CAM Tables 1 and 2).
 * ``fgcam-input``: the same metrics at the input against LRP, CLRP and SGLRP
   (FG-CAM Tables 4 and 5).
+* ``quantus-faithfulness``: Quantus's FaithfulnessCorrelation, PixelFlipping and ROAD
+  of every CAM on the photos; ``quantus-localisation``: its PointingGame,
+  AttributionLocalisation, TopKIntersection and RelevanceRankAccuracy on the GridPG
+  mosaics, the explained cell being the mask (settings in
+  ``captum_fdcam/evaluation/report_card.py``).
+* ``<table>/depthwise`` (Table I, GridPG and the two Quantus tables): the same at the
+  last block's depthwise activation (``DW_LAYER``), which a non-linear network follows;
+  the tables without the suffix are at ``head_activation``.
 
 Output (``--out``, default ``./captum-fdcam-benchmark``): every score of every image is
 appended to ``scores-rank<r>.jsonl`` as soon as it is known, with a key holding what
@@ -48,6 +56,11 @@ from typing import TYPE_CHECKING, Any
 
 from captum_fdcam.errors import CliArgumentParser, CliError
 from captum_fdcam.evaluation.data import LabelsError, folder_images, read_labels
+from captum_fdcam.evaluation.metric_info import (
+    QUANTUS_FAITHFULNESS,
+    QUANTUS_LOCALISATION,
+    mosaic_metrics,
+)
 from captum_fdcam.evaluation.scoring import Job
 from captum_fdcam.registry import cam_names, split_fg
 
@@ -56,7 +69,19 @@ if TYPE_CHECKING:  # imported where used: `captum-fdcam --help` imports this mod
     from torch import nn
 
 PROG = "python -m captum_fdcam.benchmark"
-TABLES = ("fdcam-table1", "fdcam-ablation", "gridpg", "fgcam-layers", "fgcam-input")
+TABLES = (
+    "fdcam-table1",
+    "fdcam-table1/depthwise",
+    "fdcam-ablation",
+    "gridpg",
+    "gridpg/depthwise",
+    "fgcam-layers",
+    "fgcam-input",
+    "quantus-faithfulness",
+    "quantus-faithfulness/depthwise",
+    "quantus-localisation",
+    "quantus-localisation/depthwise",
+)
 FD_ABLATIONS = {
     "FD-CAM": {},
     "FD-CAM, no grouping": {"group_fraction": None},
@@ -68,6 +93,15 @@ FD_ABLATIONS = {
 #: at 224x224), standing in for VGG16-BN's Layer13/23/33 of the paper.
 DEPTHS = {"depth-56": "_blocks.2", "depth-28": "_blocks.4", "depth-14": "_blocks.10"}
 BASE_LAYER = "head_activation"
+#: The last block's depthwise activation (1152 x 7 x 7 at 224 x 224, non-negative),
+#: followed by a non-linear network: the projection, the head convolution and its
+#: ReLU6. At BASE_LAYER only pooling and one linear layer follow, so Grad-CAM equals
+#: XGrad-CAM there and FD-CAM's switch-on score is its switch-off score plus the bias;
+#: the FD-CAM paper's question is asked here too (the tables' "/depthwise" variants).
+#: models.DEPTHWISE_LAYER, spelt out: `captum-fdcam --help` must not import torch.
+DW_LAYER = "_blocks.15.depthwise_activation"
+#: The layer of each table's "/depthwise" variant and of the one without the suffix.
+LAYERS = {"": BASE_LAYER, "/depthwise": DW_LAYER}
 MODEL = "efficientnet-lite0"
 NUM_CLASSES = 1000
 #: EfficientNet-Lite0 downsamples 32 times: below 32 px its 5x5 depthwise kernels
@@ -79,6 +113,11 @@ GRID_CLASSES = 4
 DEFAULT_OUT = Path("captum-fdcam-benchmark")
 MANIFEST = "run.json"
 FORMAT = 1
+#: The scores' protocol, part of every record's key (via the run fingerprint): "8rows" is
+#: insertion/deletion in steps of 8 rows (1792 pixels at 224 x 224) with the AUC over the
+#: share of pixels moved; folders scored before it (steps of 3.6%, 1806 pixels) lack it
+#: and are refused, not resumed as if their scores were of this protocol.
+PROTOCOL = "8rows"
 _LEGACY_HEADER = re.compile(
     r"^# Paper tables on (?P<data>.+) \(EfficientNet-Lite0, (?P<size>\d+)x(?P=size)[;)]"
 )
@@ -88,6 +127,7 @@ _FINGERPRINT_FIELDS = {
     "image_size": "image size",
     "model": "model",
     "weights": "weights",
+    "protocol": "evaluation protocol (insertion/deletion steps)",
 }
 
 
@@ -110,15 +150,26 @@ class TableJob:
 def jobs_for(tables: tuple[str, ...], cams: tuple[str, ...]) -> list[TableJob]:
     """The rows of ``tables``, leaving out the rows of CAMs not in ``cams``."""
     rows: list[TableJob] = []
-    if "fdcam-table1" in tables:
-        rows += [TableJob("fdcam-table1", Job(m, m, BASE_LAYER)) for m in cams]
+    # The table names without a suffix are those of the stored scores (head_activation).
+    for suffix, layer in LAYERS.items():
+        if f"fdcam-table1{suffix}" in tables:
+            rows += [TableJob(f"fdcam-table1{suffix}", Job(m, m, layer)) for m in cams]
     if "fdcam-ablation" in tables:
         rows += [
             TableJob("fdcam-ablation", Job(n, "FD-CAM", BASE_LAYER, kw))
             for n, kw in FD_ABLATIONS.items()
         ]
-    if "gridpg" in tables:
-        rows += [TableJob("gridpg", Job(m, m, BASE_LAYER, metrics=("gridpg",))) for m in cams]
+    for suffix, layer in LAYERS.items():
+        table = f"gridpg{suffix}"
+        if table in tables:
+            rows += [TableJob(table, Job(m, m, layer, metrics=("gridpg",))) for m in cams]
+    for suffix, layer in LAYERS.items():
+        for table, metrics in (
+            (f"quantus-faithfulness{suffix}", QUANTUS_FAITHFULNESS),
+            (f"quantus-localisation{suffix}", QUANTUS_LOCALISATION),
+        ):
+            if table in tables:
+                rows += [TableJob(table, Job(m, m, layer, metrics=metrics)) for m in cams]
     faithful = ("average_drop", "average_increase", "insertion", "deletion")
     if "fgcam-layers" in tables:
         for depth, layer in DEPTHS.items():
@@ -144,6 +195,11 @@ def jobs_for(tables: tuple[str, ...], cams: tuple[str, ...]) -> list[TableJob]:
                 job = Job(name, f"FG-{base}", BASE_LAYER, {}, faithful, None, kw, True)
                 rows.append(TableJob("fgcam-input", job))
     return [r for r in rows if _uses_allowed_cams(r.job, cams)]
+
+
+def _on_mosaics(row: TableJob) -> bool:
+    """Whether the row is scored on GridPG mosaic cells (gridpg, Quantus's localisation)."""
+    return any(m in mosaic_metrics() for m in row.job.metrics)
 
 
 def _uses_allowed_cams(job: Job, cams: tuple[str, ...]) -> bool:
@@ -418,7 +474,7 @@ def prepare(args: argparse.Namespace) -> Plan:
             f"downsamples {MIN_IMAGE_SIZE} times (got {args.image_size})"
         )
     jobs = jobs_for(tuple(args.tables), tuple(args.cams))
-    with_grid = any("gridpg" in j.job.metrics for j in jobs)
+    with_grid = any(_on_mosaics(j) for j in jobs)
     if with_grid and args.mosaics < 1:
         raise CliError(f"--mosaics must be at least 1 (got {args.mosaics})")
     data: Path = args.data
@@ -454,6 +510,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         "image_size": args.image_size,
         "model": MODEL,
         "weights": _weights_digest(),
+        "protocol": PROTOCOL,
     }
     samples = [Sample(p, _relative(p, data), label, _sha256(p)) for p, label in chosen]
     plan = Plan(samples, fingerprint, None, jobs)
@@ -582,14 +639,15 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     rank, world = _distributed()
     import torch
 
+    from captum_fdcam.evaluation.paired import write as write_paired
     from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
     from captum_fdcam.evaluation.scoring import score
     from captum_fdcam.models import efficientnet_lite0
 
     torch.manual_seed(0)
     model = efficientnet_lite0(pretrained=True)
-    grid_jobs = [j for j in plan.jobs if "gridpg" in j.job.metrics]
-    image_jobs = [j for j in plan.jobs if "gridpg" not in j.job.metrics]
+    grid_jobs = [j for j in plan.jobs if _on_mosaics(j)]
+    image_jobs = [j for j in plan.jobs if not _on_mosaics(j)]
     n_mosaics = args.mosaics if grid_jobs else None
     items = _items(model, plan.samples, args.image_size, n_mosaics)
     out: Path = args.out
@@ -646,6 +704,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     text = markdown(tables, header)
     (out / "tables.md").write_text(text)
+    # The paired differences per image (per mosaic for GridPG) that the results page
+    # reads: comparisons are made on these, not on the overlapping per-method CIs.
+    write_paired(out, records)
     plot_curves(tables, out)
     print(text)
     print(f"wrote {out}")

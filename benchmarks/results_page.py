@@ -1,0 +1,440 @@
+"""Writes docs/results.md, paired.json and paired.md from a folder of benchmark scores,
+computing nothing but statistics (no model is loaded).
+
+::
+
+    python benchmarks/results_page.py benchmarks/results/paper_tables
+    python benchmarks/results_page.py RUN_OUT --page docs/results.md
+
+Every number of the page comes from the scores (means with bootstrap CIs, paired
+differences per image or per mosaic, with win counts) or from :data:`PAPER`, the papers'
+numbers checked against their texts. A sentence claims a difference only where the
+paired CI excludes 0 (:func:`captum_fdcam.evaluation.paired.sentence`). The prose here
+is only what the numbers cannot say: the protocol, the model, the layer, the caveats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from captum_fdcam.benchmark import _identity, read_scores
+from captum_fdcam.evaluation import paired
+from captum_fdcam.evaluation.report import summarise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The papers' numbers the page quotes, each checked against the paper's text in
+#: ../shared/papers/ (fd-cam-paper.txt, fg-cam-paper.txt). Keyed by paper table, then
+#: row (method), then column. The FG-CAM text has its tables without captions; they are
+#: numbered by their order and by the text that cites them (Table 1: "in Layer13,
+#: FG-Grad-CAM achieves 19.65 A.D. and 32.35 A.I."; Table 2: "0.42958 and 0.25348
+#: higher than Grad-CAM and Score-CAM" = 0.49374 - 0.06416 and 0.46796 - 0.21448;
+#: Table 5: "0.0672 higher than LRP" = 0.52089 - 0.45369).
+PAPER: dict[str, dict[str, dict[str, Any]]] = {
+    # FD-CAM Table I (VGG16, 2,000 ILSVRC2015 val images): Insertion / Deletion / Overall.
+    "FD-CAM Table I": {
+        "Grad-CAM": {"insertion": 0.5357, "deletion": 0.1117, "overall": 0.4240},
+        "Grad-CAM++": {"insertion": 0.5321, "deletion": 0.1088, "overall": 0.4233},
+        "XGrad-CAM": {"insertion": 0.5464, "deletion": 0.1072, "overall": 0.4392},
+        "Score-CAM": {"insertion": 0.5422, "deletion": 0.1059, "overall": 0.4363},
+        "Ablation-CAM": {"insertion": 0.5502, "deletion": 0.1013, "overall": 0.4489},
+        "Layer-CAM": {"insertion": 0.5389, "deletion": 0.1021, "overall": 0.4368},
+        "Group-CAM": {"insertion": 0.5397, "deletion": 0.0921, "overall": 0.4476},
+        "FD-CAM": {"insertion": 0.5534, "deletion": 0.1001, "overall": 0.4533},
+    },
+    # FD-CAM Table II (VOC2007 val, pointing game with boxes): row Acc(%). Group-CAM
+    # is not in that table.
+    "FD-CAM Table II": {
+        "Grad-CAM": {"acc": 81.20},
+        "Grad-CAM++": {"acc": 81.91},
+        "XGrad-CAM": {"acc": 80.72},
+        "Layer-CAM": {"acc": 81.77},
+        "Score-CAM": {"acc": 78.46},
+        "Ablation-CAM": {"acc": 58.19},
+        "FD-CAM": {"acc": 83.70},
+    },
+    # FD-CAM Table III (grouped channel switching) and Table IV (weight combination):
+    # Insertion / Deletion / Overall; rows FD-CAM_{ng+off}, FD-CAM_{g+off}, and
+    # rho = a s, rho = a e^s, rho = a e^(s - 0.5) (= FD-CAM).
+    "FD-CAM Tables III and IV": {
+        "FD-CAM": {"insertion": 0.5534, "deletion": 0.1001, "overall": 0.4533},
+        "no grouping, switch-off only (Table III, FD-CAM_ng+off)": {
+            "insertion": 0.5260,
+            "deletion": 0.1084,
+            "overall": 0.4176,
+        },
+        "grouping, switch-off only (Table III, FD-CAM_g+off)": {
+            "insertion": 0.5396,
+            "deletion": 0.1020,
+            "overall": 0.4376,
+        },
+        "rho = a s (Table IV)": {"insertion": 0.5465, "deletion": 0.1048, "overall": 0.4417},
+        "rho = a exp(s) (Table IV)": {"insertion": 0.5437, "deletion": 0.1044, "overall": 0.4393},
+    },
+    # FG-CAM Table 1 (VGG16-BN): A.D. / A.I. at Layer33, Layer23, Layer13.
+    "FG-CAM Table 1": {
+        "Grad-CAM": {"Layer33": (44.53, 18.85), "Layer23": (72.89, 5.10), "Layer13": (83.80, 3.25)},
+        "FG-Grad-CAM": {
+            "Layer33": (18.69, 34.90),
+            "Layer23": (19.55, 33.45),
+            "Layer13": (19.65, 32.35),
+        },
+        "FG-Grad-CAM-D": {
+            "Layer33": (18.00, 33.85),
+            "Layer23": (17.75, 33.55),
+            "Layer13": (17.90, 34.00),
+        },
+        "Score-CAM": {
+            "Layer33": (32.63, 21.60),
+            "Layer23": (51.24, 13.80),
+            "Layer13": (57.06, 12.00),
+        },
+        "FG-Score-CAM": {
+            "Layer33": (21.13, 29.15),
+            "Layer23": (22.63, 27.15),
+            "Layer13": (23.50, 25.85),
+        },
+        "FG-Score-CAM-D": {
+            "Layer33": (19.19, 31.70),
+            "Layer23": (18.99, 32.00),
+            "Layer13": (19.24, 30.50),
+        },
+        "Layer-CAM": {
+            "Layer33": (24.25, 26.80),
+            "Layer23": (27.32, 24.50),
+            "Layer13": (30.76, 24.40),
+        },
+    },
+    # FG-CAM Table 2 (VGG16-BN): row "Over-all" at Layer33, Layer23, Layer13.
+    "FG-CAM Table 2": {
+        "Grad-CAM": {"Layer33": 0.28528, "Layer23": 0.10920, "Layer13": 0.06416},
+        "FG-Grad-CAM": {"Layer33": 0.50574, "Layer23": 0.49758, "Layer13": 0.49374},
+        "FG-Grad-CAM-D": {"Layer33": 0.49139, "Layer23": 0.48870, "Layer13": 0.48555},
+        "Score-CAM": {"Layer33": 0.39440, "Layer23": 0.25480, "Layer13": 0.21448},
+        "FG-Score-CAM": {"Layer33": 0.48006, "Layer23": 0.47225, "Layer13": 0.46796},
+        "FG-Score-CAM-D": {"Layer33": 0.48518, "Layer23": 0.48273, "Layer13": 0.47906},
+        "Layer-CAM": {"Layer33": 0.46569, "Layer23": 0.44763, "Layer13": 0.42879},
+    },
+    # FG-CAM Table 4 (input layer, A.D. / A.I.) and Table 5 (Insertion / Deletion /
+    # Over-all); columns LRP, CLRP, SGLRP, FG-Grad-CAM, FG-Grad-CAMD, FG-Score-CAM,
+    # FG-Score-CAMD.
+    "FG-CAM Tables 4 and 5": {
+        "LRP": {"average_drop": 25.48, "average_increase": 25.00, "insertion": 0.55344,
+                "deletion": 0.09975, "overall": 0.45369},
+        "CLRP": {"average_drop": 30.64, "average_increase": 24.15, "insertion": 0.56740,
+                 "deletion": 0.19168, "overall": 0.37572},
+        "SGLRP": {"average_drop": 40.62, "average_increase": 21.75, "insertion": 0.51655,
+                  "deletion": 0.22315, "overall": 0.29340},
+        "FG-Grad-CAM": {"average_drop": 16.81, "average_increase": 36.45, "insertion": 0.60757,
+                        "deletion": 0.08668, "overall": 0.52089},
+        "FG-Grad-CAM-D": {"average_drop": 16.13, "average_increase": 36.55,
+                          "insertion": 0.61386, "deletion": 0.11271, "overall": 0.50115},
+        "FG-Score-CAM": {"average_drop": 20.28, "average_increase": 30.15,
+                         "insertion": 0.58608, "deletion": 0.08980, "overall": 0.49628},
+        "FG-Score-CAM-D": {"average_drop": 16.84, "average_increase": 31.80,
+                           "insertion": 0.60566, "deletion": 0.11143, "overall": 0.49423},
+    },
+}  # fmt: skip
+
+#: Per table (by the start of its name): the section's title, the hand-written text the
+#: numbers cannot give (protocol, caveats), and the metrics whose comparisons are
+#: written out as sentences (all metrics are in the paired table).
+SECTIONS: list[tuple[str, str, str, tuple[str, ...]]] = [
+    (
+        "fdcam-table1",
+        "FD-CAM Table I: insertion / deletion / overall AUC",
+        "Deletion replaces pixels with zeros of the normalised input, insertion starts from "
+        "a blurred copy (kernel 11, sigma 5), the most important pixels first, {steps}. "
+        "Overall is insertion - deletion of each image.",
+        ("overall",),
+    ),
+    (
+        "fdcam-ablation",
+        "FD-CAM Tables III and IV: ablations",
+        "Each variant against the full FD-CAM (groups of 5% of the channels, switch on + "
+        "off, w = a exp(s) - 0.5). At `head_activation` the logit is linear in the layer's "
+        "activations, so the switch-on score is the switch-off score plus the bias and "
+        "\"switch-off only\" gives FD-CAM's maps exactly.",
+        ("overall",),
+    ),
+    (
+        "gridpg",
+        "Discriminability: grid pointing game",
+        "Share of each cell class's positive attribution inside its cell of a 2x2 mosaic "
+        "of confidently classified images (0.25 = chance). The unit of the statistics is "
+        "the mosaic: a mosaic's score is the mean of its 4 cells, which share its images "
+        "and are not independent. FD-CAM's Table II is a pointing game with boxes on "
+        "VOC2007 and VGG16: a different metric, data and model.",
+        ("gridpg",),
+    ),
+    (
+        "fgcam-layers",
+        "FG-CAM Tables 1 and 2: three depths",
+        "EfficientNet-Lite0's `_blocks.2`, `_blocks.4` and `_blocks.10` (56, 28 and 14 "
+        "pixels at 224x224) stand in for VGG16-BN's Layer13/23/33. Grad-CAM, Score-CAM and "
+        "Layer-CAM are applied at the layer; FG-CAM explains from `head_activation` down "
+        "to it. Average drop / increase keep the most important half of the pixels and "
+        "blur the rest (kernel 51, sigma 50). Each FG-CAM is compared with its base CAM "
+        "at the layer, with its version without denoising, and with Layer-CAM.",
+        ("average_drop", "overall"),
+    ),
+    (
+        "fgcam-input",
+        "FG-CAM Tables 4 and 5: at the input",
+        "Average drop and increase at the input keep only positive pixels when fewer than "
+        "half of the pixels are positive (the paper's setting for signed maps). The base "
+        "CAMs have no map at the input, so every method is compared with LRP (the "
+        "reference of FG-CAM's Table 5), and each FG-CAM-D with its FG-CAM.",
+        ("average_drop", "overall"),
+    ),
+]
+
+INTRO = """\
+# Results beside the papers' numbers
+
+<!-- Generated by benchmarks/results_page.py from {folder}: edit the generator, not this
+page. -->
+
+Produced by `python -m captum_fdcam.benchmark` (see [evaluation.md](evaluation.md)) on
+the first images (by file name) of `../shared/data/imagenet-sample` with the offline
+EfficientNet-Lite0, the ground-truth class as target, 224x224, and written by
+`python benchmarks/results_page.py {folder}` from the scores in `{folder}` (per-image
+scores, `tables.md`, `paired.md` and `paired.json`). Sizes: {sizes}.
+
+The papers used VGG16 (FD-CAM) and VGG16-BN (FG-CAM) on ILSVRC val, which cannot be
+downloaded here: their numbers are shown for reference, not as a target for ours.
+
+**How to read the comparisons.** Two methods scored on the same images share each
+image's difficulty, so methods are compared by their paired differences: per image (per
+mosaic for GridPG) method - reference, the mean with a percentile bootstrap 95% CI
+({samples} resamples, seed {seed}) and the wins / losses / ties in the metric's
+direction. A sentence claims a difference only where that CI excludes 0 and n is at
+least {min_n}; otherwise it says "not shown either way at n = ...". The per-method
+intervals in the means tables are over images and overlap far more than the paired ones.
+
+**The layer.** The CAM tables explain `head_activation` (1280 x 7 x 7), after which
+EfficientNet-Lite0 has only global average pooling and one linear layer: the gradient is
+the same at every position, so XGrad-CAM's weights equal Grad-CAM's exactly, and FD-CAM's
+switch-on score is its switch-off score plus the bias. FD-CAM's question (does combining
+gradient and score weights help?) needs a layer followed by a non-linear network, as
+VGG16's fully connected head is; at this layer it cannot be asked.
+"""
+
+
+def _fmt(value: float, metric: str) -> str:
+    return f"{value:.1f}" if paired.digits_for(metric) == 1 else f"{value:.4f}"
+
+
+def _means_table(rows: dict[str, Any]) -> list[str]:
+    metrics = list(
+        dict.fromkeys(k for row in rows.values() for k in row if not k.endswith("_curve"))
+    )
+    lines = [
+        "| method | n | " + " | ".join(paired.METRIC_NAMES.get(m, m) for m in metrics) + " |",
+        "|---|---:|" + "---:|" * len(metrics),
+    ]
+    for method, row in sorted(rows.items()):
+        cells = []
+        for m in metrics:
+            cell = row.get(m)
+            if cell is None:
+                cells.append("—")
+                continue
+            low, high = cell["ci95"]
+            cells.append(f"{_fmt(cell['mean'], m)} [{_fmt(low, m)}, {_fmt(high, m)}]")
+        n = max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
+        lines.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paper_lines(prefix: str) -> list[str]:
+    """The papers' numbers for a section, as tables (from PAPER only)."""
+    if prefix == "fdcam-table1":
+        table = PAPER["FD-CAM Table I"]
+        lines = ["FD-CAM Table I (VGG16, 2,000 ILSVRC2015 val images):", ""]
+        lines += ["| method | insertion | deletion | overall |", "|---|---:|---:|---:|"]
+        lines += [
+            f"| {m} | {v['insertion']:.4f} | {v['deletion']:.4f} | {v['overall']:.4f} |"
+            for m, v in table.items()
+        ]
+        return lines
+    if prefix == "fdcam-ablation":
+        table = PAPER["FD-CAM Tables III and IV"]
+        lines = ["FD-CAM Tables III and IV (VGG16):", ""]
+        lines += ["| variant | insertion | deletion | overall |", "|---|---:|---:|---:|"]
+        lines += [
+            f"| {m} | {v['insertion']:.4f} | {v['deletion']:.4f} | {v['overall']:.4f} |"
+            for m, v in table.items()
+        ]
+        lines += [
+            "",
+            "The paper's Table III has no \"no grouping\" row with both switches: its "
+            "no-grouping row is switch-off only.",
+        ]
+        return lines
+    if prefix == "gridpg":
+        table = PAPER["FD-CAM Table II"]
+        lines = ["FD-CAM Table II (pointing game with boxes, VOC2007 val, VGG16), Acc(%):", ""]
+        lines += ["| " + " | ".join(table) + " |", "|" + "---:|" * len(table)]
+        lines.append("| " + " | ".join(f"{v['acc']:.2f}" for v in table.values()) + " |")
+        return lines
+    if prefix == "fgcam-layers":
+        one, two = PAPER["FG-CAM Table 1"], PAPER["FG-CAM Table 2"]
+        layers = ("Layer33", "Layer23", "Layer13")
+        lines = [
+            "FG-CAM Tables 1 and 2 (VGG16-BN): A.D. / A.I. (Table 1) and overall AUC "
+            "(Table 2) per layer:",
+            "",
+            "| method | " + " | ".join(layers) + " |",
+            "|---|" + "---:|" * len(layers),
+        ]
+        for m in one:
+            cells = [
+                f"{one[m][layer][0]:.2f} / {one[m][layer][1]:.2f} / {two[m][layer]:.5f}"
+                for layer in layers
+            ]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        return lines
+    if prefix == "fgcam-input":
+        table = PAPER["FG-CAM Tables 4 and 5"]
+        keys = ("average_drop", "average_increase", "insertion", "deletion", "overall")
+        lines = ["FG-CAM Tables 4 and 5 (VGG16-BN, at the input):", ""]
+        lines += ["| method | A.D. | A.I. | insertion | deletion | overall |"]
+        lines += ["|---|" + "---:|" * len(keys)]
+        for m, v in table.items():
+            cells = [f"{v[k]:.2f}" if k.startswith("average") else f"{v[k]:.5f}" for k in keys]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        return lines
+    return []
+
+
+def _section(table: str) -> tuple[str, str, str, tuple[str, ...]]:
+    for prefix, title, text, headline in SECTIONS:
+        if table == prefix or table.startswith(prefix + "/") or table.startswith(prefix + "@"):
+            suffix = table[len(prefix) :].lstrip("/@")
+            return prefix, title + (f" ({suffix})" if suffix else ""), text, headline
+    return "", table, "", ()
+
+
+def _steps(records: list[dict[str, Any]]) -> str:
+    for r in records:
+        curve = r["scores"].get("deletion_curve")
+        if curve:
+            return f"{len(curve) - 1} steps"
+    return "in steps"
+
+
+def _figures(folder: Path, page: Path, table: str) -> list[str]:
+    lines = []
+    for kind in ("insertion", "deletion"):
+        png = folder / f"{table.replace('/', '_')}_{kind}.png"
+        if not png.is_file():
+            continue
+        rel = Path(os.path.relpath(png.resolve(), page.resolve().parent)).as_posix()
+        lines += [
+            f"```{{figure}} {rel}",
+            f":alt: Mean {kind} curves of the methods of {table}",
+            ":width: 48%",
+            "",
+            f"{table}: mean {kind} curve (class probability against the fraction of pixels "
+            f"{'inserted' if kind == 'insertion' else 'deleted'}).",
+            "```",
+            "",
+        ]
+    return lines
+
+
+def page(
+    folder: Path,
+    records: list[dict[str, Any]],
+    tables: dict[str, dict[str, list[dict[str, Any]]]],
+    page_path: Path,
+    shown: str | None = None,
+) -> str:
+    """The results page: the intro, then per table its text, the papers' numbers, the
+    means with CIs, the sentences and the paired table."""
+    means = summarise(paired.unit_records(records))
+    order = {prefix: i for i, (prefix, *_) in enumerate(SECTIONS)}
+    names = sorted(means, key=lambda t: (order.get(_section(t)[0], len(order)), t))
+
+    def size(t: str) -> str:
+        n = max(c["n"] for row in means[t].values() for k, c in row.items() if "_curve" not in k)
+        return f"{t} n = {n}" + (" mosaics" if "gridpg" in next(iter(means[t].values())) else "")
+
+    lines = [
+        INTRO.format(
+            folder=shown or folder.as_posix(),
+            sizes="; ".join(size(t) for t in names),
+            samples=paired.SAMPLES,
+            seed=paired.SEED,
+            min_n=paired.MIN_CLAIM_N,
+        )
+    ]
+    papers_shown: set[str] = set()
+    for table in names:
+        prefix, title, text, headline = _section(table)
+        lines += [f"## {title}", ""]
+        if text:
+            lines += [text.format(steps=_steps(records)), ""]
+        if prefix and prefix not in papers_shown:
+            papers_shown.add(prefix)
+            quoted = _paper_lines(prefix)
+            if quoted:
+                lines += [*quoted, ""]
+        lines += ["Here (mean [bootstrap 95% CI over the units]):", ""]
+        lines += [*_means_table(means[table]), ""]
+        lines += _figures(folder, page_path, table)
+        rows = tables.get(table, {})
+        sentences = [
+            paired.sentence(row, metric)
+            for metric in (headline or tuple(rows))
+            for row in rows.get(metric, [])
+        ]
+        if sentences:
+            lines += ["Paired comparisons:", ""]
+            lines += [f"- {s}" for s in sentences]
+            lines.append("")
+        if rows:
+            lines += [paired.markdown({table: rows}, level=3)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def generate(folder: Path, page_path: Path) -> dict[str, Any]:
+    """Writes FOLDER/paired.json, FOLDER/paired.md and the page; returns the paired
+    tables."""
+    records = sorted(
+        read_scores(folder).records,
+        key=lambda r: (r["table"], r["method"], r["item"], _identity(r.get("key"))),
+    )
+    if not records:
+        raise SystemExit(f"no scores in {folder}")
+    tables = paired.write(folder, records)
+    try:
+        shown = folder.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        shown = folder.as_posix()
+    page_path.write_text(page(folder, records, tables, page_path, shown))
+    return tables
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="a benchmark --out folder (scores-rank*.jsonl)")
+    parser.add_argument(
+        "--page", type=Path, default=ROOT / "docs" / "results.md", help="(default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    tables = generate(args.folder, args.page)
+    print(f"wrote {args.folder / 'paired.json'}, {args.folder / 'paired.md'}, {args.page}")
+    print(json.dumps({t: list(m) for t, m in tables.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

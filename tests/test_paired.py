@@ -1,0 +1,194 @@
+"""Paired statistics of the benchmark's scores and the results page generated from them,
+against naive computations written here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from captum_fdcam.evaluation import paired
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _naive(a: dict[str, float], b: dict[str, float], better: str, samples: int, seed: int):
+    """The paired row by plain loops: the same generator and seed, one resample a row."""
+    common = sorted(set(a) & set(b))
+    diffs = [a[u] - b[u] for u in common]
+    n = len(diffs)
+    rng = np.random.default_rng(seed)
+    indices = rng.integers(0, n, (samples, n))
+    means = []
+    for row in indices:
+        total = 0.0
+        for i in row:
+            total += diffs[i]
+        means.append(total / n)
+    means.sort()
+    wins = losses = ties = 0
+    for d in diffs:
+        better_d = d if better == "higher" else -d
+        if d == 0:
+            ties += 1
+        elif better_d > 0:
+            wins += 1
+        else:
+            losses += 1
+    return sum(diffs) / n, np.percentile(means, [2.5, 97.5]), n, wins, losses, ties
+
+
+def test_paired_row_matches_a_naive_loop_bootstrap() -> None:
+    rng = np.random.default_rng(1)
+    a = {f"img{i}": float(v) for i, v in enumerate(rng.normal(0.5, 0.1, 30))}
+    b = {f"img{i}": float(v) for i, v in enumerate(rng.normal(0.48, 0.1, 25))}  # 25 shared
+    b["img0"] = a["img0"]  # one tie
+    b["other"] = 0.0  # not in a: left out
+    for better in ("higher", "lower"):
+        row = paired.paired(a, b, better, samples=2000, seed=0)
+        mean, ci, n, wins, losses, ties = _naive(a, b, better, 2000, 0)
+        assert row is not None
+        assert row["n"] == n == 25
+        assert row["mean"] == pytest.approx(mean, abs=1e-12)
+        assert row["ci95"] == pytest.approx(list(ci), abs=1e-12)
+        assert (row["wins"], row["losses"], row["ties"]) == (wins, losses, ties)
+        assert ties == 1 and wins + losses + ties == n
+        assert row["ci95"][0] <= row["mean"] <= row["ci95"][1]
+
+
+def test_direction_flips_wins_and_a_constant_difference_has_a_zero_width_ci() -> None:
+    a = {str(i): i + 0.25 for i in range(12)}
+    b = {str(i): float(i) for i in range(12)}
+    higher = paired.paired(a, b, "higher")
+    lower = paired.paired(a, b, "lower")
+    assert higher is not None and lower is not None
+    assert (higher["wins"], higher["losses"]) == (12, 0)
+    assert (lower["wins"], lower["losses"]) == (0, 12)
+    assert higher["ci95"] == pytest.approx([0.25, 0.25]) and higher["mean"] == pytest.approx(0.25)
+    assert paired.paired(a, {"x": 1.0}, "higher") is None  # nothing shared
+
+
+def _record(table: str, method: str, item: str, **scores: Any) -> dict[str, Any]:
+    return {"table": table, "method": method, "item": item, "scores": scores}
+
+
+def test_mosaic_cells_are_averaged_per_mosaic_before_pairing() -> None:
+    records = []
+    cells = {"A": [[0.9, 0.8, 0.7, 0.6], [0.25, 0.75, 0.5, 0.5]], "B": [[0.1] * 4, [0.5] * 4]}
+    for method, mosaics in cells.items():
+        for i, values in enumerate(mosaics):
+            for j, v in enumerate(values):
+                records.append(_record("gridpg", method, f"mosaic{i}-cell{j}", gridpg=v))
+    units = paired.unit_scores(records)
+    assert units[("gridpg", "A")]["gridpg"] == pytest.approx({"mosaic0": 0.75, "mosaic1": 0.5})
+    merged = [r for r in paired.unit_records(records) if r["method"] == "A"]
+    assert sorted(r["item"] for r in merged) == ["mosaic0", "mosaic1"]
+    a, b = units[("gridpg", "A")]["gridpg"], units[("gridpg", "B")]["gridpg"]
+    row = paired.paired(a, b, "higher")
+    assert row is not None and row["n"] == 2  # mosaics, not 8 cells
+    assert row["mean"] == pytest.approx(((0.75 - 0.1) + (0.5 - 0.5)) / 2)
+    assert (row["wins"], row["losses"], row["ties"]) == (1, 0, 1)
+
+
+def test_comparisons_follow_the_issue() -> None:
+    cams = ["Ablation-CAM", "FD-CAM", "Grad-CAM", "Score-CAM"]
+    pairs = paired.comparisons("fdcam-table1", cams)
+    assert ("FD-CAM", "Grad-CAM") in pairs and ("Grad-CAM", "FD-CAM") in pairs
+    assert ("Score-CAM", "FD-CAM") in pairs and ("Grad-CAM", "Grad-CAM") not in pairs
+    fg = ["FG-Grad-CAM", "FG-Grad-CAM-D", "FG-Score-CAM", "Grad-CAM", "Layer-CAM", "Score-CAM"]
+    pairs = paired.comparisons("fgcam-layers/depth-14", fg)
+    assert ("FG-Grad-CAM-D", "Grad-CAM") in pairs and ("FG-Score-CAM", "Score-CAM") in pairs
+    assert ("FG-Grad-CAM", "Layer-CAM") in pairs and ("FG-Grad-CAM-D", "FG-Grad-CAM") in pairs
+    assert ("FG-Grad-CAM", "Score-CAM") not in pairs
+    assert set(paired.comparisons("fgcam-input", ["LRP", "FG-Grad-CAM"])) == {
+        ("FG-Grad-CAM", "LRP")
+    }
+    assert paired.comparisons("fdcam-ablation", ["FD-CAM", "FD-CAM, no grouping"]) == [
+        ("FD-CAM, no grouping", "FD-CAM")
+    ]
+
+
+def _row(mean: float, low: float, high: float, n: int = 20, wins: int = 12, losses: int = 8):
+    return {"method": "FD-CAM", "reference": "Grad-CAM", "mean": mean, "ci95": [low, high],
+            "n": n, "wins": wins, "losses": losses, "ties": n - wins - losses}  # fmt: skip
+
+
+def test_sentences_claim_only_where_the_ci_excludes_zero() -> None:
+    text = paired.sentence(_row(0.012, 0.004, 0.020), "overall")
+    assert text == (
+        "FD-CAM's overall AUC is higher than Grad-CAM's by +0.012 [+0.004, +0.020] "
+        "(n = 20, 12 wins / 8 losses)."
+    )
+    lower = paired.sentence(_row(-0.012, -0.020, -0.004, wins=8, losses=12), "overall")
+    assert "is lower than Grad-CAM's by -0.012 [-0.020, -0.004]" in lower
+    unsure = paired.sentence(_row(0.001, -0.007, 0.008, wins=10, losses=10), "overall")
+    assert "not shown either way at n = 20" in unsure and "higher" not in unsure
+    few = paired.sentence(_row(-0.1, -0.14, -0.08, n=3, wins=0, losses=3), "gridpg")
+    assert "not shown either way at n = 3" in few and "lower" not in few
+    same = paired.sentence(_row(0.0, 0.0, 0.0, wins=0, losses=0), "overall")
+    assert same == "FD-CAM and Grad-CAM have the same overall AUC on all 20 items."
+    flipped = paired.flipped(_row(0.012, 0.004, 0.020))
+    assert flipped["method"] == "Grad-CAM" and flipped["mean"] == -0.012
+    assert flipped["ci95"] == [-0.020, -0.004]
+    assert (flipped["wins"], flipped["losses"]) == (8, 12)
+
+
+def _generator() -> Any:
+    path = ROOT / "benchmarks" / "results_page.py"
+    spec = importlib.util.spec_from_file_location("results_page", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_page_takes_its_comparisons_from_paired_json(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    lines = []
+    methods = {"Grad-CAM": 0.0, "FD-CAM": 0.05, "Score-CAM": 0.0005}
+    base = rng.uniform(0.3, 0.7, 15)  # each image's difficulty, shared by the methods
+    noise = rng.normal(0, 0.01, (len(methods), 15))
+    for (m, shift), jitter in zip(methods.items(), noise, strict=True):
+        for i in range(15):
+            ins = float(base[i] + shift + (jitter[i] if m == "Score-CAM" else 0.0))
+            rec = _record("fdcam-table1", m, f"img{i}.JPEG", insertion=ins, deletion=0.1)
+            lines.append(json.dumps(rec))
+        for k in range(3):
+            for j in range(4):
+                rec = _record("gridpg", m, f"mosaic{k}-cell{j}", gridpg=0.3 + shift + 0.01 * j)
+                lines.append(json.dumps(rec))
+    (tmp_path / "scores-rank0.jsonl").write_text("\n".join(lines) + "\n")
+    page = tmp_path / "results.md"
+    _generator().generate(tmp_path, page)
+    tables = json.loads((tmp_path / "paired.json").read_text())
+    assert (tmp_path / "paired.md").is_file()
+    assert tables["gridpg"]["gridpg"][0]["n"] == 3
+    text = page.read_text()
+    allowed = set()
+    for metrics in tables.values():
+        for metric, rows in metrics.items():
+            for row in rows:
+                digits = paired.digits_for(metric)
+                for v in (row["mean"], *row["ci95"]):
+                    allowed.add(paired.signed(v, digits))
+                allowed |= {str(row["n"]), str(row["wins"]), str(row["losses"]), str(row["ties"])}
+    bullets = [x for x in text.splitlines() if x.startswith("- ") and "CAM" in x]
+    # The headline metrics: overall (Table I) and gridpg, 4 comparisons each.
+    headline = len(tables["fdcam-table1"]["overall"]) + len(tables["gridpg"]["gridpg"])
+    assert len(bullets) == headline
+    assert len(bullets) == 8
+    for bullet in bullets:
+        for number in re.findall(r"[+-]\d+\.\d+", bullet):
+            assert number in allowed, (number, bullet)
+        for count in re.findall(r"n = (\d+)|(\d+) wins|(\d+) losses", bullet):
+            assert all(c in allowed for c in count if c), bullet
+    start = "- FD-CAM's overall AUC is higher than Grad-CAM's"
+    claim = next(b for b in bullets if b.startswith(start))
+    assert "(n = 15, 15 wins / 0 losses)" in claim
+    assert any("not shown either way at n = 3" in b for b in bullets)  # 3 mosaics
+    assert "mosaic" in text
