@@ -21,11 +21,13 @@ class MetricInfo:
         per_image: scored on single labelled images (``captum-fdcam evaluate
             --metrics``); False for the grid pointing game (mosaics) and ``overall``
             (derived from insertion and deletion).
+        on_mosaics: scored on GridPG mosaic cells, the cell being the mask (``s_batch``).
     """
 
     better: Literal["higher", "lower"]
     unit: str
     per_image: bool = True
+    on_mosaics: bool = False
 
 
 #: Every metric, by the name of its column, in the order of ``--metrics``' choices.
@@ -65,6 +67,42 @@ METRICS: dict[str, MetricInfo] = {
         "fraction of cells: the share of positive attribution inside the explained image's "
         "cell of a 2x2 mosaic (0-1; 0.25 is chance)",
         per_image=False,
+        on_mosaics=True,
+    ),
+    "road": MetricInfo(
+        "lower",
+        "fraction of the percentages 10, 30, 50, 70, 90 of most relevant pixels imputed "
+        "(noisy linear imputation) at which the image keeps its class (Quantus ROAD, MoRF; "
+        "0-1)",
+    ),
+    "pointing_game": MetricInfo(
+        "higher",
+        "1 if a maximum of the map lies in the explained image's cell of a 2x2 mosaic, "
+        "else 0 (Quantus PointingGame; 0.25 is chance)",
+        per_image=False,
+        on_mosaics=True,
+    ),
+    "attribution_localisation": MetricInfo(
+        "higher",
+        "share of the positive attribution inside the explained image's cell of a 2x2 "
+        "mosaic (Quantus AttributionLocalisation; 0-1, 0.25 is chance)",
+        per_image=False,
+        on_mosaics=True,
+    ),
+    "top_k_intersection": MetricInfo(
+        "higher",
+        "fraction of the k most relevant pixels (k = a quarter of a cell) inside the "
+        "explained image's cell of a 2x2 mosaic (Quantus TopKIntersection; 0-1, 0.25 is "
+        "chance)",
+        per_image=False,
+        on_mosaics=True,
+    ),
+    "relevance_rank_accuracy": MetricInfo(
+        "higher",
+        "fraction of the |cell| most relevant pixels inside the explained image's cell of "
+        "a 2x2 mosaic (Quantus RelevanceRankAccuracy; 0-1, 0.25 is chance)",
+        per_image=False,
+        on_mosaics=True,
     ),
     "overall": MetricInfo(
         "higher",
@@ -72,6 +110,22 @@ METRICS: dict[str, MetricInfo] = {
         per_image=False,
     ),
 }
+
+
+#: The report card's metrics (configured in report_card.py): Quantus's faithfulness
+#: metrics, scored on the photos, and its localisation metrics, on the mosaics' cells.
+QUANTUS_FAITHFULNESS = ("faithfulness_correlation", "pixel_flipping", "road")
+QUANTUS_LOCALISATION = (
+    "pointing_game",
+    "attribution_localisation",
+    "top_k_intersection",
+    "relevance_rank_accuracy",
+)
+
+
+def mosaic_metrics() -> tuple[str, ...]:
+    """The metrics scored on GridPG mosaic cells (the benchmark builds mosaics for them)."""
+    return tuple(name for name, info in METRICS.items() if info.on_mosaics)
 
 
 def per_image_metrics() -> tuple[str, ...]:

@@ -54,8 +54,6 @@ def make_metric(name: str, size: int = 224, positive_only: bool = False) -> Any:
     Raises:
         ValueError: an unknown name, or one that is not scored on its own (``overall``).
     """
-    import quantus
-
     from captum_fdcam.evaluation.metrics import (
         AverageDrop,
         AverageIncrease,
@@ -63,26 +61,23 @@ def make_metric(name: str, size: int = 224, positive_only: bool = False) -> Any:
         GridPointingGame,
         Insertion,
     )
+    from captum_fdcam.evaluation.report_card import REPORT_CARD
 
     common = {"disable_warnings": True}
     keep_half = {"positive_only": positive_only, **common}
     if name == "insertion":
-        return Insertion(pixels_per_step=0.036, **common)
+        # Steps of 8 rows (the metric's default): 1792 pixels at 224 x 224 as FD-CAM.
+        return Insertion(**common)
     if name == "deletion":
-        return Deletion(pixels_per_step=0.036, **common)
+        return Deletion(**common)
     if name == "average_drop":
         return AverageDrop(**keep_half)
     if name == "average_increase":
         return AverageIncrease(**keep_half)
     if name == "gridpg":
         return GridPointingGame(**common)
-    if name == "pixel_flipping":  # Quantus's own; score takes the AUC of its curve
-        step = size * 8 if size % 8 == 0 else size  # 28 steps at 224 x 224
-        return quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", **common)
-    if name == "faithfulness_correlation":  # Quantus's own (Bhatt et al., 2020)
-        return quantus.FaithfulnessCorrelation(
-            subset_size=size, return_aggregate=False, abs=False, **common
-        )
+    if name in REPORT_CARD:  # Quantus's own metrics, configured in report_card.py
+        return REPORT_CARD[name](size)
     known = ", ".join(n for n in METRICS if n != "overall")
     raise ValueError(f"Unknown metric {name!r}: use one of {known}.")
 
@@ -116,7 +111,8 @@ def score(
         s: (1, 1, H, W) the explained cell's mask, for ``gridpg``.
 
     Returns:
-        Each metric's score, each curve metric's curve as ``<metric>_curve``, and
+        Each metric's score, each curve metric's curve as ``<metric>_curve`` and its
+        points' shares of pixels moved as ``<metric>_x_curve``, and
         ``constant_map: 1.0`` when the map was constant (then ranked by pixel index).
 
     Raises:
@@ -145,4 +141,7 @@ def score(
             out[name] = float(value[0])
         if hasattr(metric, "curves"):
             out[f"{name}_curve"] = [float(v) for v in metric.curves[0]]
+            # Its x axis, the share of pixels moved at each point: the last step may be
+            # short. Named *_curve so that summaries average it as a curve.
+            out[f"{name}_x_curve"] = [float(v) for v in metric.fractions[0]]
     return out
