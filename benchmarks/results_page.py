@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captum_fdcam.benchmark import _identity, read_scores
+from captum_fdcam.benchmark import DW_LAYER, MANIFEST, _identity, read_scores
 from captum_fdcam.evaluation import paired
+from captum_fdcam.evaluation.metric_info import QUANTUS_FAITHFULNESS, QUANTUS_LOCALISATION
 from captum_fdcam.evaluation.report import summarise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +161,7 @@ SECTIONS: list[tuple[str, str, str, tuple[str, ...]]] = [
         "Each variant against the full FD-CAM (groups of 5% of the channels, switch on + "
         "off, w = a exp(s) - 0.5). At `head_activation` the logit is linear in the layer's "
         "activations, so the switch-on score is the switch-off score plus the bias and "
-        "\"switch-off only\" gives FD-CAM's maps exactly.",
+        '"switch-off only" gives FD-CAM\'s maps exactly.',
         ("overall",),
     ),
     (
@@ -193,7 +194,31 @@ SECTIONS: list[tuple[str, str, str, tuple[str, ...]]] = [
         "reference of FG-CAM's Table 5), and each FG-CAM-D with its FG-CAM.",
         ("average_drop", "overall"),
     ),
+    (
+        "quantus-faithfulness",
+        "Report card: Quantus's faithfulness metrics",
+        "Quantus's own FaithfulnessCorrelation, PixelFlipping and ROAD on the photos, "
+        "configured in `captum_fdcam/evaluation/report_card.py`; each method against "
+        "Grad-CAM and against FD-CAM.",
+        QUANTUS_FAITHFULNESS,
+    ),
+    (
+        "quantus-localisation",
+        "Report card: Quantus's localisation metrics",
+        "Quantus's PointingGame, AttributionLocalisation, TopKIntersection and "
+        "RelevanceRankAccuracy on the GridPG mosaics, the explained image's cell being "
+        "the mask; the unit is the mosaic (the mean of its 4 cells).",
+        QUANTUS_LOCALISATION,
+    ),
 ]
+
+#: What each table suffix's layer is (the tables without a suffix are at BASE_LAYER).
+LAYER_TEXT = {
+    "depthwise": f"At `{DW_LAYER}` (1152 x 7 x 7 at 224x224, non-negative), followed by "
+    "the projection, the head convolution and its ReLU6: a non-linear network, so "
+    "Grad-CAM and XGrad-CAM differ, and so do FD-CAM's switch-on and switch-off "
+    "scores. This is the layer where the FD-CAM paper's question can be asked.",
+}
 
 INTRO = """\
 # Results beside the papers' numbers
@@ -218,7 +243,8 @@ direction. A sentence claims a difference only where that CI excludes 0 and n is
 least {min_n}; otherwise it says "not shown either way at n = ...". The per-method
 intervals in the means tables are over images and overlap far more than the paired ones.
 
-**The layer.** The CAM tables explain `head_activation` (1280 x 7 x 7), after which
+**The layer.** The CAM tables without a layer suffix explain `head_activation` (1280 x 7
+x 7), after which
 EfficientNet-Lite0 has only global average pooling and one linear layer: the gradient is
 the same at every position, so XGrad-CAM's weights equal Grad-CAM's exactly, and FD-CAM's
 switch-on score is its switch-off score plus the bias. FD-CAM's question (does combining
@@ -274,7 +300,7 @@ def _paper_lines(prefix: str) -> list[str]:
         ]
         lines += [
             "",
-            "The paper's Table III has no \"no grouping\" row with both switches: its "
+            'The paper\'s Table III has no "no grouping" row with both switches: its '
             "no-grouping row is switch-off only.",
         ]
         return lines
@@ -322,12 +348,34 @@ def _section(table: str) -> tuple[str, str, str, tuple[str, ...]]:
     return "", table, "", ()
 
 
-def _steps(records: list[dict[str, Any]]) -> str:
-    for r in records:
-        curve = r["scores"].get("deletion_curve")
-        if curve:
-            return f"{len(curve) - 1} steps"
-    return "in steps"
+def _steps(folder: Path, records: list[dict[str, Any]]) -> str:
+    """The insertion/deletion protocol the folder's scores were computed with, from its
+    run.json (the run's fingerprint names the protocol) and the curves' length."""
+    steps = next(
+        (
+            len(r["scores"]["deletion_curve"]) - 1
+            for r in records
+            if "deletion_curve" in r["scores"]
+        ),
+        None,
+    )
+    count = f"{steps} steps" if steps else "in steps"
+    try:
+        protocol = json.loads((folder / MANIFEST).read_text())["fingerprint"].get("protocol")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        protocol = None
+    if protocol == "8rows":
+        return (
+            f"{count} of 8 rows of pixels each (1792 = 224 x 8 pixels at 224x224, 3.57% of "
+            "the area, where the paper says \"a rate of 3.6% of the original image's area at "
+            'each step"), the AUC the trapezoid over the share of pixels moved'
+        )
+    return (
+        f"{count} of 3.6% of the pixels rounded (1806 at 224x224, not 224 x 8 = 1792, "
+        "which would give 28 equal steps), the AUC weighing the short last step like the "
+        "others (the scores' run.json names no protocol: computed before issue 16's "
+        "protocol)"
+    )
 
 
 def _figures(folder: Path, page: Path, table: str) -> list[str]:
@@ -348,6 +396,41 @@ def _figures(folder: Path, page: Path, table: str) -> list[str]:
             "",
         ]
     return lines
+
+
+def _find(rows: list[dict[str, Any]], method: str, reference: str) -> dict[str, Any] | None:
+    """The row method - reference, or reference - method read from the other side."""
+    for row in rows:
+        if (row["method"], row["reference"]) == (method, reference):
+            return row
+    for row in rows:
+        if (row["method"], row["reference"]) == (reference, method):
+            return paired.flipped(row)
+    return None
+
+
+def _headlines(tables: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """The issue's questions, each answered by its paired row: does FD-CAM beat Grad-CAM
+    and Ablation-CAM (overall AUC, GridPG) at each layer; does FG-CAM keep its
+    faithfulness at shallow layers (against its base CAM and Layer-CAM)."""
+    answers = []
+    for table, metrics in tables.items():
+        prefix = _section(table)[0]
+        if prefix in ("fdcam-table1", "gridpg"):
+            metric = "overall" if prefix == "fdcam-table1" else "gridpg"
+            for reference in ("Grad-CAM", "Ablation-CAM"):
+                row = _find(metrics.get(metric, []), "FD-CAM", reference)
+                if row is not None:
+                    answers.append(f"`{table}`: {paired.sentence(row, metric)}")
+        elif prefix == "fgcam-layers":
+            # FG-CAM without denoising, on the overall AUC (the rest in the sections).
+            for row in metrics.get("overall", []):
+                method = row["method"]
+                base = method.removeprefix("FG-")
+                if method.startswith("FG-") and not method.endswith("-D"):
+                    if row["reference"] in (base, "Layer-CAM"):
+                        answers.append(f"`{table}`: {paired.sentence(row, 'overall')}")
+    return answers
 
 
 def page(
@@ -376,12 +459,20 @@ def page(
             min_n=paired.MIN_CLAIM_N,
         )
     ]
+    answers = _headlines(tables)
+    if answers:
+        lines += ["## Headline answers", ""]
+        lines += [f"- {a}" for a in answers]
+        lines.append("")
     papers_shown: set[str] = set()
     for table in names:
         prefix, title, text, headline = _section(table)
         lines += [f"## {title}", ""]
         if text:
-            lines += [text.format(steps=_steps(records)), ""]
+            lines += [text.format(steps=_steps(folder, records)), ""]
+        suffix = table[len(prefix) :].lstrip("/@") if prefix else ""
+        if suffix in LAYER_TEXT:
+            lines += [LAYER_TEXT[suffix], ""]
         if prefix and prefix not in papers_shown:
             papers_shown.add(prefix)
             quoted = _paper_lines(prefix)
