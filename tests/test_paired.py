@@ -178,11 +178,19 @@ def test_the_generated_page_takes_its_comparisons_from_paired_json(tmp_path: Pat
                     allowed.add(paired.signed(v, digits))
                 allowed |= {str(row["n"]), str(row["wins"]), str(row["losses"]), str(row["ties"])}
     bullets = [x for x in text.splitlines() if x.startswith("- ") and "CAM" in x]
+    head, _, sections = text.partition("## FD-CAM Table I")
+    answers = [x for x in head.splitlines() if x.startswith("- ")]
+    # The headline answers: FD-CAM against Grad-CAM on overall AUC and on GridPG (no
+    # Ablation-CAM in this folder).
+    assert len(answers) == 2, answers
+    assert answers[0].startswith("- `fdcam-table1`: FD-CAM's overall AUC is higher than Grad")
+    assert "between FD-CAM and Grad-CAM is not shown either way at n = 3" in answers[1]
+    bullets = [x for x in sections.splitlines() if x.startswith("- ") and "CAM" in x]
     # The headline metrics: overall (Table I) and gridpg, 4 comparisons each.
     headline = len(tables["fdcam-table1"]["overall"]) + len(tables["gridpg"]["gridpg"])
     assert len(bullets) == headline
     assert len(bullets) == 8
-    for bullet in bullets:
+    for bullet in bullets + answers:
         for number in re.findall(r"[+-]\d+\.\d+", bullet):
             assert number in allowed, (number, bullet)
         for count in re.findall(r"n = (\d+)|(\d+) wins|(\d+) losses", bullet):
