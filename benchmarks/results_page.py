@@ -442,7 +442,7 @@ def page(
 ) -> str:
     """The results page: the intro, then per table its text, the papers' numbers, the
     means with CIs, the sentences and the paired table."""
-    means = summarise(paired.unit_records(records))
+    means = summarise(records)  # per mosaic for mosaic cells, as tables.md
     order = {prefix: i for i, (prefix, *_) in enumerate(SECTIONS)}
     names = sorted(means, key=lambda t: (order.get(_section(t)[0], len(order)), t))
 

@@ -200,3 +200,28 @@ def test_the_generated_page_takes_its_comparisons_from_paired_json(tmp_path: Pat
     assert "(n = 15, 15 wins / 0 losses)" in claim
     assert any("not shown either way at n = 3" in b for b in bullets)  # 3 mosaics
     assert "mosaic" in text
+
+
+def test_summarise_counts_mosaics_not_cells() -> None:
+    from captum_fdcam.evaluation.report import bootstrap_ci, markdown, summarise
+
+    cells = [[0.9, 0.7, 0.8, 0.6], [0.2, 0.4, 0.3, 0.5], [0.5, 0.5, 0.6, 0.6]]
+    records = [
+        _record("gridpg", "A", f"mosaic{i}-cell{j}", gridpg=v)
+        for i, values in enumerate(cells)
+        for j, v in enumerate(values)
+    ]
+    curves = [[1.0, 0.5], [0.0, 0.25]]
+    records += [
+        _record("t", "A", f"img{i}.png", insertion=0.5 + i, deletion=0.1, deletion_curve=c)
+        for i, c in enumerate(curves)
+    ]
+    tables = summarise(records)
+    cell = tables["gridpg"]["A"]["gridpg"]
+    means = np.array([sum(v) / 4 for v in cells])
+    assert cell["n"] == 3 and cell["mean"] == pytest.approx(means.mean())
+    assert cell["ci95"] == pytest.approx(list(bootstrap_ci(means)))
+    # images are their own units, as before
+    assert tables["t"]["A"]["insertion"]["n"] == 2
+    assert tables["t"]["A"]["deletion_curve"] == pytest.approx([0.5, 0.375])
+    assert "n = 3 mosaics, each the mean of its 4 cells" in markdown(tables, "# t")
