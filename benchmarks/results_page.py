@@ -216,8 +216,9 @@ SECTIONS: list[tuple[str, str, str, tuple[str, ...]]] = [
 LAYER_TEXT = {
     "depthwise": f"At `{DW_LAYER}` (1152 x 7 x 7 at 224x224, non-negative), followed by "
     "the projection, the head convolution and its ReLU6: a non-linear network, so "
-    "Grad-CAM and XGrad-CAM differ, and so do FD-CAM's switch-on and switch-off "
-    "scores. This is the layer where the FD-CAM paper's question can be asked.",
+    "Grad-CAM's and XGrad-CAM's weights need not be equal, nor FD-CAM's switch-on and "
+    "switch-off scores differ by a constant. This is the layer where the FD-CAM paper's "
+    "question can be asked.",
 }
 
 INTRO = """\
