@@ -126,6 +126,37 @@ def test_faithfulness_metrics_give_one_finite_score_per_image(model: nn.Module) 
         )
 
 
+@pytest.mark.parametrize(("size", "steps"), [(224, 28), (16, 2), (20, 20)])
+def test_pixel_flipping_steps_are_eight_rows_of_pixels(
+    model: nn.Module, size: int, steps: int
+) -> None:
+    # Quantus counts the map's values broadcast over 3 channels: each step must black
+    # out whole pixels, 8 rows' worth (one row where 8 does not divide the size)
+    x = np.random.default_rng(6).normal(size=(1, 3, size, size)).astype(np.float32)
+    a = np.random.default_rng(7).random((1, 1, size, size)).astype(np.float32)
+    metric = make_metric("pixel_flipping", size)
+    seen: list[np.ndarray] = []
+    predict = model.forward
+
+    def spy(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.detach().numpy().copy())
+        return predict(batch)
+
+    model.forward = spy  # type: ignore[method-assign]
+    try:
+        curve = metric(model, x, np.array([0]), a_batch=a)[0]
+    finally:
+        del model.forward
+    assert len(curve) == steps == len(seen)
+    order = np.argsort(-a.reshape(-1), kind="stable")
+    rows = 8 if size % 8 == 0 else 1
+    for step, perturbed in enumerate(seen, start=1):
+        changed = (perturbed[0] != x[0]).any(axis=0).reshape(-1)
+        expected = np.zeros(size * size, dtype=bool)
+        expected[order[: step * rows * size]] = True
+        np.testing.assert_array_equal(changed, expected)
+
+
 def test_road_per_image_averages_to_quantus_accuracy_per_percentage(model: nn.Module) -> None:
     rng = np.random.default_rng(4)
     x = rng.normal(size=(4, 3, 16, 16)).astype(np.float32)
