@@ -4,6 +4,9 @@ against a naive loop that builds each perturbed image pixel by pixel."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -164,3 +167,45 @@ def test_average_drop_and_increase_of_several_images_match_a_naive_loop(
         before, after = _prob(model, x[i], int(y[i])), _prob(model, masked, int(y[i]))
         assert drops[i] == pytest.approx(100 * max(0.0, before - after) / before, abs=1e-4)
         assert rises[i] == 100.0 * (before < after)
+
+
+@pytest.mark.slow
+def test_benchmark_records_the_x_axis_and_refuses_scores_of_the_older_steps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 64 x 64: 8 steps of 512 pixels. A folder whose fingerprint lacks the protocol
+    (scored in steps of 3.6%) is refused, not resumed."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from PIL import Image
+
+    from captum_fdcam import benchmark
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(data / f"img{i}.png")
+    (data / "labels.csv").write_text("file,class_index\nimg0.png,0\nimg1.png,10\n")
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--out", str(out), "--limit", "1", "--tables", "fdcam-table1"]
+    argv += ["--cams", "Grad-CAM", "--image-size", "64", "--quiet"]
+    assert benchmark.main(argv) == 0
+    capsys.readouterr()
+    shard = out / "scores-rank0.jsonl"
+    (record,) = [json.loads(line) for line in shard.read_text().splitlines()]
+    assert record["key"]["run"]["protocol"] == benchmark.PROTOCOL
+    assert record["scores"]["deletion_x_curve"] == [i / 8 for i in range(9)]
+    curve = np.array(record["scores"]["deletion_curve"])
+    assert record["scores"]["deletion"] == pytest.approx(curve_auc(curve), abs=1e-12)
+    # The same folder as the older version wrote it: no protocol in the fingerprint.
+    manifest = json.loads((out / "run.json").read_text())
+    del manifest["fingerprint"]["protocol"]
+    (out / "run.json").write_text(json.dumps(manifest))
+    del record["key"]["run"]["protocol"]
+    shard.write_text(json.dumps(record) + "\n")
+    before = shard.read_text()
+    assert benchmark.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "evaluation protocol" in err and "pass another --out" in err, err
+    assert shard.read_text() == before
