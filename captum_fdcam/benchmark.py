@@ -118,10 +118,6 @@ FORMAT = 1
 #: share of pixels moved; folders scored before it (steps of 3.6%, 1806 pixels) lack it
 #: and are refused, not resumed as if their scores were of this protocol.
 PROTOCOL = "8rows"
-_LEGACY_HEADER = re.compile(
-    r"^# Paper tables on (?P<data>.+) \(EfficientNet-Lite0, (?P<size>\d+)x(?P=size)[;)]"
-)
-_MOSAIC_ITEM = re.compile(r"mosaic\d+-cell\d+")
 _FINGERPRINT_FIELDS = {
     "labels": "labels file",
     "image_size": "image size",
@@ -377,16 +373,7 @@ def _weights_digest() -> str:
     return _sha256(Path(_weights_path()))
 
 
-def _legacy_origin(out: Path) -> tuple[str, int] | None:
-    """(data folder name, image size) from the header of a legacy folder's tables.md."""
-    tables = out / "tables.md"
-    if not tables.is_file():
-        return None
-    match = _LEGACY_HEADER.match(tables.read_text(errors="replace").partition("\n")[0])
-    return (match["data"], int(match["size"])) if match else None
-
-
-def _check_out(args: argparse.Namespace, plan: Plan, all_names: set[str]) -> None:
+def _check_out(args: argparse.Namespace, plan: Plan) -> None:
     """Refuses an --out whose scores belong to other data, another image size or other
     weights; sets ``plan.manifest`` to what the folder's ``run.json`` is to hold."""
     out: Path = args.out
@@ -426,41 +413,13 @@ def _check_out(args: argparse.Namespace, plan: Plan, all_names: set[str]) -> Non
     plan.manifest = {"format": FORMAT, "data": name, "fingerprint": plan.fingerprint}
     legacy = [r for r in scores.records if "key" not in r]
     if legacy:
-        _adopt(out, args, plan, legacy, all_names)
-
-
-def _adopt(
-    out: Path,
-    args: argparse.Namespace,
-    plan: Plan,
-    legacy: list[dict[str, Any]],
-    all_names: set[str],
-) -> None:
-    """Takes the records of a version without keys as this run's, if the folder's
-    tables.md names this data and image size and every image they name is in it."""
-    origin = _legacy_origin(out)
-    if origin is None:
+        # Written before keys and run.json existed, by versions whose insertion/deletion
+        # stepped by 3.6% of the pixels (1806 at 224 x 224), not by this version's 8 rows.
         raise CliError(
-            f"{out} holds {len(legacy)} scores of an older version (no run.json) and no "
-            "tables.md says what data and image size they were computed on: pass another --out"
+            f"{out} holds {len(legacy)} scores of an older version (no run.json), computed "
+            "with insertion/deletion steps of 3.6% of the pixels, not this version's 8 rows "
+            "(1792 px at 224x224): pass another --out"
         )
-    data, size = origin
-    unknown = sorted(
-        {r["item"] for r in legacy if not _MOSAIC_ITEM.fullmatch(r["item"])} - all_names
-    )
-    if data != args.data.name or size != args.image_size or unknown:
-        extra = f"; images not in {args.data}: {unknown[:3]}" if unknown else ""
-        raise CliError(
-            f"{out} holds scores of an older version (no run.json) computed on {data} at "
-            f"{size}x{size} px, this run is on {args.data.name} at {args.image_size}x"
-            f"{args.image_size} px{extra}: pass another --out"
-        )
-    assert plan.manifest is not None
-    plan.manifest["legacy_records"] = len(legacy)
-    print(
-        f"{out}: {len(legacy)} records of an older version (no run.json) taken as computed on "
-        f"{args.data.name} at {size}x{size} px, the data and size its tables.md names"
-    )
 
 
 def prepare(args: argparse.Namespace) -> Plan:
@@ -514,8 +473,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     }
     samples = [Sample(p, _relative(p, data), label, _sha256(p)) for p, label in chosen]
     plan = Plan(samples, fingerprint, None, jobs)
-    all_names = {n for n, _ in names} | {p.name for p, _ in rows}
-    _check_out(args, plan, all_names)
+    _check_out(args, plan)
     return plan
 
 
@@ -672,9 +630,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     for item in items[rank::world]:
         for job in grid_jobs if item.grid else image_jobs:
             key = record_key(job, item, plan.fingerprint)
-            if _identity(key) not in scores.keys and (job.table, job.job.name, item.id) not in (
-                scores.legacy
-            ):
+            if _identity(key) not in scores.keys:
                 todo.append((item, job, key))
     _barrier(world)  # every rank has read the files before any appends to them
     mine = sum(len(grid_jobs if i.grid else image_jobs) for i in items[rank::world])

@@ -141,10 +141,12 @@ def test_other_image_size_folder_or_image_content_is_refused_and_nothing_written
     assert _files(out) == before
 
 
-def test_a_folder_of_the_older_version_is_resumed_or_refused(
+def test_a_folder_of_the_older_version_is_refused(
     photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Records without keys and no run.json, as benchmarks/results/paper_tables has."""
+    """Records without keys and no run.json: written by versions whose insertion/deletion
+    stepped by 3.6% of the pixels, so they are not this version's scores (they used to be
+    taken over when the folder's tables.md named the same data and image size)."""
     out = tmp_path / "out"
     _run(capsys, ["--data", str(photos), "--out", str(out), "--limit", "1", *ARGS])
     (out / "run.json").unlink()
@@ -156,17 +158,11 @@ def test_a_folder_of_the_older_version_is_resumed_or_refused(
     for argv in (
         ["--data", str(others), *ARGS],
         ["--data", str(photos), *ARGS, "--image-size", "96"],
+        ["--data", str(photos), *ARGS, "--limit", "2"],
     ):
         err = _one_line_error(capsys, main([*argv, "--out", str(out)]), benchmark.PROG)
-        assert "older version" in err
+        assert "older version" in err and "3.6%" in err and "pass another --out" in err
         assert _files(out) == legacy
-    printed, _ = _run(capsys, ["--data", str(photos), "--out", str(out), "--limit", "2", *ARGS])
-    assert "1 records of an older version" in printed and "1 of 2 records to compute" in printed
-    assert json.loads((out / "run.json").read_text())["legacy_records"] == 1
-    tables = json.loads((out / "tables.json").read_text())
-    assert tables["fdcam-table1"]["Grad-CAM"]["insertion"]["n"] == 2
-    printed, _ = _run(capsys, ["--data", str(photos), "--out", str(out), "--limit", "2", *ARGS])
-    assert "0 of 2 records to compute" in printed
 
 
 def test_the_committed_results_read_back_to_their_tables() -> None:
