@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import quantus
 import torch
 import torchvision
 from PIL import Image
@@ -19,6 +18,7 @@ from skimage import data
 
 from captum_fdcam import cli
 from captum_fdcam.evaluation import Insertion, explain
+from captum_fdcam.evaluation.report_card import ValuePixelFlipping
 from captum_fdcam.models import efficientnet_lite0, preprocess
 
 pytest.importorskip("efficientnet_lite_pytorch")
@@ -133,12 +133,12 @@ def test_evaluate_a_folder(tmp_path: Path, photos: Path, offline: torch.nn.Modul
     assert [r["item"] for r in records] == ["cat.png", "cup.jpg"]
     x = preprocess(data.chelsea(), size=64).numpy()
     a = explain(offline, x, [285], method="Grad-CAM", layer="head_activation")
-    expected = Insertion(pixels_per_step=0.036, disable_warnings=True)(
+    expected = Insertion(disable_warnings=True)(  # steps of 8 rows: 8 steps at 64 x 64
         offline, x, np.array([285]), a_batch=a
     )
     assert records[0]["scores"]["insertion"] == pytest.approx(expected[0], rel=1e-5)
     summary = json.loads((out / "scores.json").read_text())["evaluate"]["Grad-CAM"]
-    assert summary["insertion"]["n"] == 2 and len(summary["deletion_curve"]) == 29
+    assert summary["insertion"]["n"] == 2 and len(summary["deletion_curve"]) == 9
     assert {"overall", "insertion", "deletion"} <= summary.keys()
     assert "labels from" in (out / "scores.md").read_text()
     assert (out / "evaluate_insertion.png").stat().st_size > 0
@@ -153,7 +153,9 @@ def test_evaluate_with_quantus_own_metrics(tmp_path: Path, photos: Path, offline
     (record,) = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     x = preprocess(data.chelsea(), size=32).numpy()
     a = explain(offline, x, [285], method="Layer-CAM", layer="head_activation")
-    curve = quantus.PixelFlipping(features_in_step=256, disable_warnings=True)(
+    # Quantus's curve with 8 rows of pixels a step: 3 x 8 x 32 values of the map broadcast
+    # over the channels, 4 steps (the steps' pixels: tests/test_report_card.py)
+    curve = ValuePixelFlipping(features_in_step=768, perturb_baseline="black")(
         offline, x, np.array([285]), a_batch=a
     )[0]
     auc = (np.sum(curve) - curve[0] / 2 - curve[-1] / 2) / (len(curve) - 1)
