@@ -25,8 +25,12 @@ from typing import Any
 
 from captum_fdcam.benchmark import DW_LAYER, MANIFEST, _identity, read_scores
 from captum_fdcam.evaluation import paired
-from captum_fdcam.evaluation.metric_info import QUANTUS_FAITHFULNESS, QUANTUS_LOCALISATION
-from captum_fdcam.evaluation.report import summarise
+from captum_fdcam.evaluation.metric_info import (
+    FLAGS,
+    QUANTUS_FAITHFULNESS,
+    QUANTUS_LOCALISATION,
+)
+from captum_fdcam.evaluation.report import format_cell, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,6 +248,10 @@ direction. A sentence claims a difference only where that CI excludes 0 and n is
 least {min_n}; otherwise it says "not shown either way at n = ...". The per-method
 intervals in the means tables are over images and overlap far more than the paired ones.
 
+**Constant maps.** A map that is constant (all zero after the ReLU: no positive
+evidence at that layer) cannot rank pixels; it is scored with the pixels in index order,
+and the means tables count such images in their `constant_map` column ("k of n").
+
 **The layer.** The CAM tables without a layer suffix explain `head_activation` (1280 x 7
 x 7), after which
 EfficientNet-Lite0 has only global average pooling and one linear layer: the gradient is
@@ -267,15 +275,15 @@ def _means_table(rows: dict[str, Any]) -> list[str]:
         "|---|---:|" + "---:|" * len(metrics),
     ]
     for method, row in sorted(rows.items()):
+        n = max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
         cells = []
         for m in metrics:
             cell = row.get(m)
             if cell is None:
-                cells.append("—")
+                cells.append(f"0 of {n}" if m in FLAGS else "—")
                 continue
-            low, high = cell["ci95"]
-            cells.append(f"{_fmt(cell['mean'], m)} [{_fmt(low, m)}, {_fmt(high, m)}]")
-        n = max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
+            digits = 1 if paired.digits_for(m) == 1 else 4
+            cells.append(format_cell(m, cell, n, digits))
         lines.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
     return lines
 

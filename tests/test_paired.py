@@ -225,3 +225,30 @@ def test_summarise_counts_mosaics_not_cells() -> None:
     assert tables["t"]["A"]["insertion"]["n"] == 2
     assert tables["t"]["A"]["deletion_curve"] == pytest.approx([0.5, 0.375])
     assert "n = 3 mosaics, each the mean of its 4 cells" in markdown(tables, "# t")
+
+
+def test_constant_maps_are_counted_not_averaged_or_compared() -> None:
+    """``constant_map`` is a flag the scoring writes only when the map was constant: a mean
+    over the records that carry it would always be 1, and a paired difference meaningless."""
+    from captum_fdcam.evaluation.report import markdown, summarise
+
+    records = []
+    for i in range(4):
+        # FD-CAM first: the flag is not among the first row's metrics.
+        for method, value in (("FD-CAM", 0.5 + i / 50), ("Grad-CAM", 0.4 + i / 100)):
+            scores: dict[str, Any] = {"insertion": value, "deletion": 0.1}
+            if method == "Grad-CAM" and i < 3:
+                scores["constant_map"] = 1.0
+            records.append({"table": "t", "method": method, "item": f"img{i}", "scores": scores})
+    tables = paired.paired_tables(records)
+    assert "constant_map" not in tables["t"]
+    assert {"insertion", "deletion", "overall"} <= set(tables["t"])
+    lines = markdown(summarise(records), "# h").splitlines()
+    header = next(x for x in lines if x.startswith("| method"))
+    column = header.strip("|").split("|").index(" constant_map ")
+    cells = {
+        x.split("|")[1].strip(): x.strip("|").split("|")[column].strip()
+        for x in lines
+        if x.startswith("| Grad-CAM") or x.startswith("| FD-CAM")
+    }
+    assert cells == {"Grad-CAM": "3 of 4", "FD-CAM": "0 of 4"}

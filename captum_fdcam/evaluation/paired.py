@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from captum_fdcam.evaluation.metric_info import METRICS
+from captum_fdcam.evaluation.metric_info import FLAGS, METRICS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,7 +67,7 @@ def unit_scores(records: list[dict[str, Any]]) -> UnitScores:
         values = {
             k: float(v)
             for k, v in record["scores"].items()
-            if not k.endswith("_curve") and isinstance(v, int | float)
+            if not k.endswith("_curve") and k not in FLAGS and isinstance(v, int | float)
         }
         if "insertion" in values and "deletion" in values:
             values["overall"] = values["insertion"] - values["deletion"]

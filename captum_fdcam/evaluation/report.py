@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from captum_fdcam.evaluation.metric_info import legend, mosaic_metrics
+from captum_fdcam.evaluation.metric_info import FLAGS, legend, mosaic_metrics
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,6 +96,15 @@ def _count(row: dict[str, Any]) -> int:
     return max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
 
 
+def format_cell(metric: str, cell: dict[str, Any], n: int, digits: int = 4) -> str:
+    """A table cell: the mean with its bootstrap 95% CI, or for a flag (``constant_map``)
+    how many of the row's ``n`` items carry it."""
+    if metric in FLAGS:
+        return f"{cell['n']} of {n}"
+    low, high = cell["ci95"]
+    return f"{cell['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def markdown(tables: dict[str, Any], header: str) -> str:
     """The tables as markdown under ``header``: first what each metric measures (which
     direction is better, its unit), then per table a row per method, each cell the
@@ -112,7 +121,10 @@ def markdown(tables: dict[str, Any], header: str) -> str:
     if described:
         lines += ["Metrics (direction and unit):", "", *described, ""]
     for table, rows in tables.items():
-        keys = [k for k in next(iter(rows.values())) if not k.endswith("_curve")]
+        # Every row's metrics: a flag (constant_map) may be missing from the first row.
+        keys = list(
+            dict.fromkeys(k for row in rows.values() for k in row if not k.endswith("_curve"))
+        )
         lines += [f"## {table}", "", "| method | " + " | ".join(keys) + " |"]
         lines.append("|---|" + "---:|" * len(keys))
         for method, row in rows.items():
@@ -120,10 +132,9 @@ def markdown(tables: dict[str, Any], header: str) -> str:
             for k in keys:
                 cell = row.get(k)
                 if cell is None:
-                    cells.append("—")
+                    cells.append(f"0 of {_count(row)}" if k in FLAGS else "—")
                 else:
-                    low, high = cell["ci95"]
-                    cells.append(f"{cell['mean']:.4f} [{low:.4f}, {high:.4f}]")
+                    cells.append(format_cell(k, cell, _count(row)))
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         counts = {m: _count(r) for m, r in rows.items()}
         n = max(counts.values())
