@@ -418,10 +418,31 @@ def _find(rows: list[dict[str, Any]], method: str, reference: str) -> dict[str, 
     return None
 
 
-def _headlines(tables: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
+def _constant_maps(rows: dict[str, Any], row: dict[str, Any]) -> str:
+    """What a paired row's reader must know about constant maps: how many of each side's
+    maps were constant (all zero after the ReLU, scored with pixels in index order)."""
+    notes = []
+    for method in (row["method"], row["reference"]):
+        flags = rows.get(method, {})
+        counted = [flags[f]["n"] for f in FLAGS if f in flags]
+        if counted:
+            total = max(c["n"] for k, c in flags.items() if not k.endswith("_curve"))
+            notes.append(f"{method}'s map was constant on {sum(counted)} of {total} images")
+    if not notes:
+        return ""
+    return (
+        f"; {'; '.join(notes)} (all zero after the ReLU: no positive evidence at this "
+        "layer; scored with the pixels in index order)"
+    )
+
+
+def _headlines(
+    tables: dict[str, dict[str, list[dict[str, Any]]]], means: dict[str, Any]
+) -> list[str]:
     """The issue's questions, each answered by its paired row: does FD-CAM beat Grad-CAM
     and Ablation-CAM (overall AUC, GridPG) at each layer; does FG-CAM keep its
-    faithfulness at shallow layers (against its base CAM and Layer-CAM)."""
+    faithfulness at shallow layers (against its base CAM and Layer-CAM). A side whose
+    maps were constant on some images says so."""
     answers = []
     for table, metrics in tables.items():
         prefix = _section(table)[0]
@@ -430,7 +451,9 @@ def _headlines(tables: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
             for reference in ("Grad-CAM", "Ablation-CAM"):
                 row = _find(metrics.get(metric, []), "FD-CAM", reference)
                 if row is not None:
-                    answers.append(f"`{table}`: {paired.sentence(row, metric)}")
+                    note = _constant_maps(means.get(table, {}), row)
+                    text = paired.sentence(row, metric)
+                    answers.append(f"`{table}`: {text.removesuffix('.')}{note}.")
         elif prefix == "fgcam-layers":
             # FG-CAM without denoising, on the overall AUC (the rest in the sections).
             for row in metrics.get("overall", []):
@@ -438,7 +461,9 @@ def _headlines(tables: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
                 base = method.removeprefix("FG-")
                 if method.startswith("FG-") and not method.endswith("-D"):
                     if row["reference"] in (base, "Layer-CAM"):
-                        answers.append(f"`{table}`: {paired.sentence(row, 'overall')}")
+                        note = _constant_maps(means.get(table, {}), row)
+                        text = paired.sentence(row, "overall").removesuffix(".")
+                        answers.append(f"`{table}`: {text}{note}.")
     return answers
 
 
@@ -468,7 +493,7 @@ def page(
             min_n=paired.MIN_CLAIM_N,
         )
     ]
-    answers = _headlines(tables)
+    answers = _headlines(tables, means)
     if answers:
         lines += ["## Headline answers", ""]
         lines += [f"- {a}" for a in answers]

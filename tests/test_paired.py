@@ -252,3 +252,22 @@ def test_constant_maps_are_counted_not_averaged_or_compared() -> None:
         if x.startswith("| Grad-CAM") or x.startswith("| FD-CAM")
     }
     assert cells == {"Grad-CAM": "3 of 4", "FD-CAM": "0 of 4"}
+
+
+def test_a_headline_against_constant_maps_says_how_many(tmp_path: Path) -> None:
+    """A win against a method whose map was empty on most images is a win against an
+    empty map: the headline answer says on how many images each side's map was constant."""
+    lines = []
+    for i in range(12):
+        for method, value in (("Grad-CAM", 0.2), ("FD-CAM", 0.5 + i / 100)):
+            scores: dict[str, Any] = {"insertion": value, "deletion": 0.1}
+            if method == "Grad-CAM" and i < 9:
+                scores["constant_map"] = 1.0
+            lines.append(json.dumps(_record("fdcam-table1/depthwise", method, f"i{i}", **scores)))
+    (tmp_path / "scores-rank0.jsonl").write_text("\n".join(lines) + "\n")
+    page = tmp_path / "results.md"
+    _generator().generate(tmp_path, page)
+    answer = next(x for x in page.read_text().splitlines() if x.startswith("- `fdcam-table1/"))
+    assert "higher than Grad-CAM's" in answer
+    assert "Grad-CAM's map was constant on 9 of 12 images" in answer
+    assert "FD-CAM's map was constant" not in answer
