@@ -262,10 +262,6 @@ VGG16's fully connected head is; at this layer it cannot be asked.
 """
 
 
-def _fmt(value: float, metric: str) -> str:
-    return f"{value:.1f}" if paired.digits_for(metric) == 1 else f"{value:.4f}"
-
-
 def _means_table(rows: dict[str, Any]) -> list[str]:
     metrics = list(
         dict.fromkeys(k for row in rows.values() for k in row if not k.endswith("_curve"))
