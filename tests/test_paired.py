@@ -174,8 +174,8 @@ def test_the_generated_page_takes_its_comparisons_from_paired_json(tmp_path: Pat
         for metric, rows in metrics.items():
             for row in rows:
                 digits = paired.digits_for(metric)
-                for v in (row["mean"], *row["ci95"]):
-                    allowed.add(paired.signed(v, digits))
+                allowed.add(paired.signed(row["mean"], digits))
+                allowed |= {paired.bound(v, digits) for v in row["ci95"]}
                 allowed |= {str(row["n"]), str(row["wins"]), str(row["losses"]), str(row["ties"])}
     bullets = [x for x in text.splitlines() if x.startswith("- ") and "CAM" in x]
     head, _, sections = text.partition("## FD-CAM Table I")
@@ -193,7 +193,7 @@ def test_the_generated_page_takes_its_comparisons_from_paired_json(tmp_path: Pat
     for bullet in bullets + answers:
         for number in re.findall(r"[+-]\d+\.\d+", bullet):
             assert number in allowed, (number, bullet)
-        for count in re.findall(r"n = (\d+)|(\d+) wins|(\d+) losses", bullet):
+        for count in re.findall(r"n = (\d+)|(\d+) wins?|(\d+) loss", bullet):
             assert all(c in allowed for c in count if c), bullet
     start = "- FD-CAM's overall AUC is higher than Grad-CAM's"
     claim = next(b for b in bullets if b.startswith(start))
@@ -271,3 +271,25 @@ def test_a_headline_against_constant_maps_says_how_many(tmp_path: Path) -> None:
     assert "higher than Grad-CAM's" in answer
     assert "Grad-CAM's map was constant on 9 of 12 images" in answer
     assert "FD-CAM's map was constant" not in answer
+
+
+def test_a_bound_near_zero_shows_its_sign_and_counts_are_singular_for_one() -> None:
+    """A CI that excludes 0 by less than the printed precision must not print as
+    ``[-0.013, +0.000]``: the bound gets the decimals its sign needs."""
+    row = {
+        "method": "Ablation-CAM",
+        "reference": "Grad-CAM",
+        "mean": -0.006,
+        "ci95": [-0.0131, -0.00021],
+        "n": 64,
+        "wins": 1,
+        "losses": 62,
+        "ties": 1,
+    }
+    text = paired.sentence(row, "overall")
+    assert "lower than Grad-CAM's by -0.006 [-0.013, -0.0002]" in text, text
+    assert "(n = 64, 1 win / 62 losses, 1 tie)" in text, text
+    assert paired.bound(0.0, 3) == "+0.000"  # a bound that is 0 stays 0
+    assert paired.bound(0.0004, 3) == "+0.0004"
+    assert paired.bound(-1e-9, 3) == "-0.000000"  # no sign digit within 3 more decimals
+    assert paired.bound(0.0123, 1) == "+0.01"  # percentages: one more decimal

@@ -240,6 +240,17 @@ def signed(value: float, digits: int) -> str:
     return "+" + text[1:] if float(text) == 0 else text
 
 
+def bound(value: float, digits: int) -> str:
+    """A CI bound: as :func:`signed`, with up to 3 more decimals where a non-zero bound
+    would print as ``+0.000``: the sign of a bound near 0 is what decides a claim, so the
+    page must not show ``[-0.013, +0.000]`` for an interval that excludes 0."""
+    for extra in range(4):
+        text = signed(value, digits + extra)
+        if value == 0 or float(text) != 0:
+            return text
+    return f"{value:+.{digits + 3}f}"  # still 0 to the eye, but with its sign
+
+
 def digits_for(metric: str) -> int:
     """Decimals of a metric's numbers: 1 for percentages (0-100), else 3."""
     return 1 if metric in ("average_drop", "average_increase") else 3
@@ -250,12 +261,18 @@ def interval(row: dict[str, Any], digits: int) -> str:
     low, high = row["ci95"]
     if math.isnan(low):
         return f"{signed(row['mean'], digits)} [no CI at n = {row['n']}]"
-    return f"{signed(row['mean'], digits)} [{signed(low, digits)}, {signed(high, digits)}]"
+    return f"{signed(row['mean'], digits)} [{bound(low, digits)}, {bound(high, digits)}]"
+
+
+def _count(n: int, word: str, plural: str) -> str:
+    return f"{n} {word if n == 1 else plural}"
 
 
 def counts(row: dict[str, Any]) -> str:
-    ties = f", {row['ties']} ties" if row["ties"] else ""
-    return f"{row['wins']} wins / {row['losses']} losses{ties}"
+    """``12 wins / 1 loss, 1 tie``."""
+    ties = f", {_count(row['ties'], 'tie', 'ties')}" if row["ties"] else ""
+    wins, losses = _count(row["wins"], "win", "wins"), _count(row["losses"], "loss", "losses")
+    return f"{wins} / {losses}{ties}"
 
 
 #: How sentences name a metric.
