@@ -597,6 +597,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     rank, world = _distributed()
     import torch
 
+    from captum_fdcam.evaluation.memo import WeightsCache
     from captum_fdcam.evaluation.paired import write as write_paired
     from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
     from captum_fdcam.evaluation.scoring import score
@@ -637,9 +638,12 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     prefix = "" if world == 1 else f"rank {rank}: "
     print(f"{prefix}{len(todo)} of {mine} records to compute, the others are in {out}")
     path = out / f"scores-rank{rank}.jsonl"
+    # An image's jobs run one after another: Table I's Score-CAM, then the FG-Score-CAMs
+    # over the same Score-CAM, compute its weights once.
+    weights = WeightsCache()
     with path.open("a") as handle, _progress(len(todo), rank, world, not args.quiet) as bar:
         for item, row, key in todo:
-            scores_ = score(model, row.job, item.x, item.y, item.s)
+            scores_ = score(model, row.job, item.x, item.y, item.s, weights_cache=weights)
             record = {"table": row.table, "method": row.job.name, "item": item.id, "key": key}
             handle.write(json.dumps({**record, "scores": scores_}) + "\n")
             handle.flush()
@@ -725,7 +729,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bar (default: a bar per rank)"
     )
-
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -536,7 +536,6 @@ def run_benchmark(args: argparse.Namespace) -> Any:
 # ------------------------------------------------------------------------- parser
 
 
-
 class _HelpFormatter(argparse.HelpFormatter):
     """Appends each option's default to its help unless the help already states it:
     flags read "(default: off)", lists are written as typed."""

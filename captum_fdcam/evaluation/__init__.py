@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         method_class,
     )
     from captum_fdcam.evaluation.grid import GridMosaics, grid_mosaics
+    from captum_fdcam.evaluation.memo import WeightsCache
     from captum_fdcam.evaluation.metric_info import METRICS, MetricInfo
     from captum_fdcam.evaluation.metrics import (
         AverageDrop,
@@ -57,6 +58,7 @@ _EXPORTS = {
     "read_image": "data",
     "read_labels": "data",
     "sample_image": "data",
+    "WeightsCache": "memo",
     "default_layer_name": "explainer",
     "explain": "explainer",
     "find_layer": "explainer",
@@ -95,6 +97,7 @@ __all__ = [
     "Job",
     "LabelsError",
     "MetricInfo",
+    "WeightsCache",
     "bootstrap_ci",
     "channel_sum",
     "curve_auc",

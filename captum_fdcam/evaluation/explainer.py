@@ -25,6 +25,8 @@ from captum.attr import Attribution, LayerAttribution
 from torch import Tensor, nn
 
 from captum_fdcam import registry
+from captum_fdcam._core.base import WeightedLayerCam
+from captum_fdcam.evaluation.memo import WeightsCache, digest
 from captum_fdcam.evaluation.saliency import channel_sum
 from captum_fdcam.methods.fine_grained import FGCam, LayerFGCam
 
@@ -124,6 +126,18 @@ def _build(
     return LayerFGCam(base, find_layer(model, fg_layer), **(fg_options or {})), True
 
 
+def _share_weights(
+    model: nn.Module, attribution: Attribution, options: Mapping[str, Any], cache: WeightsCache
+) -> None:
+    """Attach ``cache`` to the perturbation CAM of ``attribution`` (an FG-CAM's base)."""
+    cam = attribution.base_cam if isinstance(attribution, FGCam | LayerFGCam) else attribution
+    if not isinstance(cam, WeightedLayerCam) or not cam.uses_perturbations:
+        return  # gradient weights cost one backward pass: nothing worth sharing
+    layer = next(name for name, m in model.named_modules() if m is cam.layer)
+    tag = (type(cam).__module__, type(cam).__qualname__, layer, digest(sorted(options.items())))
+    cache.attach(cam, tag)
+
+
 def explain(
     model: nn.Module,
     inputs: np.ndarray | Tensor,
@@ -138,6 +152,7 @@ def explain(
     relu_attributions: bool = True,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    weights_cache: WeightsCache | None = None,
     **kwargs: Any,
 ) -> np.ndarray:
     """Attributions of ``method`` for ``inputs``, (N, 1, H, W), as a numpy array.
@@ -164,6 +179,11 @@ def explain(
             that argument). Default: True
         batch_size: images per ``attribute`` call.
         device: where the inputs go; default: the model's device.
+        weights_cache: a :class:`~captum_fdcam.evaluation.memo.WeightsCache` shared by
+            calls that explain the same images with the same perturbation CAM at the
+            same layer (for ``"FG-"`` names: the base CAM), which then computes its
+            channel weights once: FG-Score-CAM at several depths after Score-CAM costs
+            the propagations only. The maps are the same with or without it.
         kwargs: other keywords are ignored with a warning (a misspelt option, or
             ``quantus.evaluate``'s ``explain_func_kwargs`` keyed by method name, which
             Quantus passes on flat: give it the options themselves).
@@ -192,6 +212,8 @@ def explain(
     if len(y) != len(x):
         raise ValueError(f"{len(y)} targets for {len(x)} inputs.")
     attribution, is_layer = _build(model, method, layer, method_kwargs or {}, fg_layer, fg_kwargs)
+    if weights_cache is not None:
+        _share_weights(model, attribution, method_kwargs or {}, weights_cache)
     options = dict(attribute_kwargs or {})
     if "relu_attributions" in inspect.signature(attribution.attribute).parameters:
         options.setdefault("relu_attributions", relu_attributions)

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
+    from captum_fdcam.evaluation.memo import WeightsCache
+
 
 @dataclass(frozen=True)
 class Job:
@@ -82,8 +84,15 @@ def make_metric(name: str, size: int = 224, positive_only: bool = False) -> Any:
     raise ValueError(f"Unknown metric {name!r}: use one of {known}.")
 
 
-def attribution(model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The job's (N, 1, H, W) maps of images ``x`` for classes ``y``."""
+def attribution(
+    model: nn.Module,
+    job: Job,
+    x: np.ndarray,
+    y: np.ndarray,
+    weights_cache: WeightsCache | None = None,
+) -> np.ndarray:
+    """The job's (N, 1, H, W) maps of images ``x`` for classes ``y`` (``weights_cache``:
+    see :func:`~captum_fdcam.evaluation.explain`)."""
     from captum_fdcam.evaluation.explainer import explain
 
     return explain(
@@ -95,11 +104,17 @@ def attribution(model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray) -> np.
         method_kwargs=job.method_kwargs,
         fg_layer=job.fg_layer,
         fg_kwargs=job.fg_kwargs,
+        weights_cache=weights_cache,
     )
 
 
 def score(
-    model: nn.Module, job: Job, x: np.ndarray, y: np.ndarray, s: np.ndarray | None = None
+    model: nn.Module,
+    job: Job,
+    x: np.ndarray,
+    y: np.ndarray,
+    s: np.ndarray | None = None,
+    weights_cache: WeightsCache | None = None,
 ) -> dict[str, Any]:
     """The job's scores of one image.
 
@@ -109,6 +124,9 @@ def score(
         x: (1, C, H, W) the image, preprocessed.
         y: (1,) its class.
         s: (1, 1, H, W) the explained cell's mask, for ``gridpg``.
+        weights_cache: shared by the jobs of one run, so that jobs over the same
+            perturbation CAM compute its channel weights once per image (see
+            :func:`~captum_fdcam.evaluation.explain`).
 
     Returns:
         Each metric's score, each curve metric's curve as ``<metric>_curve`` and its
@@ -122,7 +140,7 @@ def score(
 
     from captum_fdcam.evaluation.metrics import curve_auc
 
-    a = attribution(model, job, x, y)
+    a = attribution(model, job, x, y, weights_cache)
     if not np.isfinite(a).all():
         raise FloatingPointError(f"{job.name} gave a non-finite map.")
     out: dict[str, Any] = {}

@@ -125,14 +125,10 @@ class _Session:
         if self.end is not None:
             if self.end_input:
                 self.handles.append(
-                    self.end.register_forward_pre_hook(
-                        own(self._capture_end_input), prepend=True
-                    )
+                    self.end.register_forward_pre_hook(own(self._capture_end_input), prepend=True)
                 )
             else:
-                self.handles.append(
-                    self.end.register_forward_hook(own(self._capture_end_output))
-                )
+                self.handles.append(self.end.register_forward_hook(own(self._capture_end_output)))
         if self.start is not None:
             self.handles.append(
                 self.start.register_forward_pre_hook(own(self._enter_start), prepend=True)
