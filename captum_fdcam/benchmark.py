@@ -597,7 +597,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     rank, world = _distributed()
     import torch
 
-    from captum_fdcam.evaluation.memo import WeightsCache
+    from captum_fdcam.evaluation.memo import MapCache, WeightsCache
     from captum_fdcam.evaluation.paired import write as write_paired
     from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
     from captum_fdcam.evaluation.scoring import score
@@ -641,9 +641,13 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     # An image's jobs run one after another: Table I's Score-CAM, then the FG-Score-CAMs
     # over the same Score-CAM, compute its weights once.
     weights = WeightsCache()
+    # GridPG and Quantus's localisation metrics score the same maps of the same cells.
+    maps = MapCache()
     with path.open("a") as handle, _progress(len(todo), rank, world, not args.quiet) as bar:
         for item, row, key in todo:
-            scores_ = score(model, row.job, item.x, item.y, item.s, weights_cache=weights)
+            scores_ = score(
+                model, row.job, item.x, item.y, item.s, weights_cache=weights, map_cache=maps
+            )
             record = {"table": row.table, "method": row.job.name, "item": item.id, "key": key}
             handle.write(json.dumps({**record, "scores": scores_}) + "\n")
             handle.flush()

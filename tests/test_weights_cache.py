@@ -9,7 +9,7 @@ import torch
 from conftest import SmallCNN
 from torch import nn
 
-from captum_fdcam.evaluation import Job, WeightsCache, explain, score
+from captum_fdcam.evaluation import Job, MapCache, WeightsCache, explain, score
 
 LAYER = "features.3"
 
@@ -121,3 +121,23 @@ def test_the_cache_changes_no_score() -> None:
     other = SmallCNN(image_size=16).eval()
     assert score(other, base, x, y, weights_cache=cache) == score(other, base, x, y)
     assert cache.hits == 1
+
+
+def test_a_map_cache_computes_a_map_once_for_several_metrics() -> None:
+    model, cache = _model(), MapCache()
+    x, other, y = _image(4), _image(5), np.array([0])
+    ins = Job("FD-CAM", "FD-CAM", LAYER, metrics=("insertion",))
+    dele = Job("FD-CAM", "FD-CAM", LAYER, metrics=("deletion",))
+    grouped = Job("FD-CAM", "FD-CAM", LAYER, {"group_fraction": 0.5}, metrics=("deletion",))
+    assert score(model, ins, x, y, map_cache=cache) == score(model, ins, x, y)
+    assert score(model, dele, x, y, map_cache=cache) == score(model, dele, x, y)
+    assert (cache.misses, cache.hits) == (1, 1)
+    # another image, another class, other options: other maps
+    assert score(model, dele, other, y, map_cache=cache) == score(model, dele, other, y)
+    assert score(model, dele, x, y + 1, map_cache=cache) == score(model, dele, x, y + 1)
+    assert score(model, grouped, x, y, map_cache=cache) == score(model, grouped, x, y)
+    assert (cache.misses, cache.hits) == (4, 1)
+    # a hit is a copy: changing what was returned changes no later hit
+    a = cache.lookup("k", lambda: np.zeros(3))
+    a[:] = 1
+    assert cache.lookup("k", lambda: np.ones(3)).sum() == 0

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
         method_class,
     )
     from captum_fdcam.evaluation.grid import GridMosaics, grid_mosaics
-    from captum_fdcam.evaluation.memo import WeightsCache
+    from captum_fdcam.evaluation.memo import MapCache, WeightsCache
     from captum_fdcam.evaluation.metric_info import METRICS, MetricInfo
     from captum_fdcam.evaluation.metrics import (
         AverageDrop,
@@ -58,6 +58,7 @@ _EXPORTS = {
     "read_image": "data",
     "read_labels": "data",
     "sample_image": "data",
+    "MapCache": "memo",
     "WeightsCache": "memo",
     "default_layer_name": "explainer",
     "explain": "explainer",
@@ -96,6 +97,7 @@ __all__ = [
     "Insertion",
     "Job",
     "LabelsError",
+    "MapCache",
     "MetricInfo",
     "WeightsCache",
     "bootstrap_ci",

@@ -1,31 +1,38 @@
-"""Channel weights of perturbation CAMs, computed once per image across several maps.
+"""Channel weights of perturbation CAMs, and maps, computed once per image.
 
 Score-CAM's weights cost one forward pass per channel (1280 at the offline model's
 ``head_activation``). The paper tables explain the same image with the same base CAM
 many times: Table I's Score-CAM, then FG-Score-CAM and FG-Score-CAM-D at three depths and
 at the input, all from the same weights at the same layer. A :class:`WeightsCache`
-handed to several :func:`~captum_fdcam.evaluation.explain` calls computes them once.
+handed to several :func:`~captum_fdcam.evaluation.explain` calls computes them once; a
+:class:`MapCache` handed to several :func:`~captum_fdcam.evaluation.score` calls
+computes each map once for all the metrics that score it.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from captum_fdcam._core.base import CamState, WeightedLayerCam
 
+T = TypeVar("T")
+
 
 def digest(value: Any) -> str:
-    """A hash of tensors' shapes, dtypes and values (nested in tuples / lists), or of
-    the ``repr`` of anything else."""
+    """A hash of tensors' and arrays' shapes, dtypes and values (nested in tuples /
+    lists), or of the ``repr`` of anything else."""
     h = hashlib.blake2b(digest_size=16)
 
     def add(v: Any) -> None:
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.ascontiguousarray(v))
         if isinstance(v, Tensor):
             t = v.detach().cpu().contiguous()
             h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
@@ -42,7 +49,43 @@ def digest(value: Any) -> str:
     return h.hexdigest()
 
 
-class WeightsCache:
+class _Bounded:
+    """The ``maxsize`` latest values by key; a hit returns a copy, so that what the
+    caller does with it cannot change what a later hit returns."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be positive, got {maxsize}.")
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._store: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def lookup(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """The value stored under ``key``, else ``compute()`` stored under it."""
+        found = self._store.get(key)
+        if found is not None:
+            self.hits += 1
+            self._store.move_to_end(key)
+            return _copy(found)
+        self.misses += 1
+        value = compute()
+        self._store[key] = _copy(value)
+        while len(self._store) > self.maxsize:
+            self._store.popitem(last=False)
+        return value
+
+
+def _copy(value: T) -> T:
+    if isinstance(value, Tensor):
+        return value.detach().clone()  # type: ignore[return-value]
+    return value.copy()  # type: ignore[attr-defined]
+
+
+class WeightsCache(_Bounded):
     """The channel weights of perturbation CAMs, memoized per method, layer, options,
     inputs, feature map and target, keeping the ``maxsize`` latest.
 
@@ -53,15 +96,7 @@ class WeightsCache:
     """
 
     def __init__(self, maxsize: int = 256) -> None:
-        if maxsize < 1:
-            raise ValueError(f"maxsize must be positive, got {maxsize}.")
-        self.maxsize = maxsize
-        self.hits = 0
-        self.misses = 0
-        self._store: OrderedDict[tuple[Hashable, ...], Tensor] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._store)
+        super().__init__(maxsize)
 
     def attach(self, cam: WeightedLayerCam[Any], tag: Hashable) -> None:
         """Memoize ``cam.weights`` on this instance only (its class is untouched).
@@ -77,17 +112,19 @@ class WeightsCache:
                 digest(state.activation),
                 digest(state.target),
             )
-            found = self._store.get(key)
-            if found is not None:
-                self.hits += 1
-                self._store.move_to_end(key)
-                return found.clone()
-            self.misses += 1
-            value = compute(state)
-            self._store[key] = value.detach().clone()
-            while len(self._store) > self.maxsize:
-                self._store.popitem(last=False)
-            return value
+            return self.lookup(key, lambda: compute(state))
 
         # An instance attribute shadows the method for this object only.
         cam.weights = weights  # type: ignore[method-assign]
+
+
+class MapCache(_Bounded):
+    """Maps (numpy arrays) by what they explain, keeping the ``maxsize`` latest: tables
+    that score the same method's map of the same image with different metrics (GridPG
+    and Quantus's localisation metrics on the same mosaic cells) compute it once.
+
+    Scoped to whoever creates it, as :class:`WeightsCache`.
+    """
+
+    def __init__(self, maxsize: int = 64) -> None:
+        super().__init__(maxsize)

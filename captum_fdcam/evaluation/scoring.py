@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from captum_fdcam.evaluation.memo import WeightsCache
+    from captum_fdcam.evaluation.memo import MapCache, WeightsCache
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ def score(
     y: np.ndarray,
     s: np.ndarray | None = None,
     weights_cache: WeightsCache | None = None,
+    map_cache: MapCache | None = None,
 ) -> dict[str, Any]:
     """The job's scores of one image.
 
@@ -127,6 +128,8 @@ def score(
         weights_cache: shared by the jobs of one run, so that jobs over the same
             perturbation CAM compute its channel weights once per image (see
             :func:`~captum_fdcam.evaluation.explain`).
+        map_cache: shared by jobs that score the same map (same method, layer, options,
+            image and class) with different metrics, which then compute it once.
 
     Returns:
         Each metric's score, each curve metric's curve as ``<metric>_curve`` and its
@@ -138,9 +141,19 @@ def score(
     """
     import numpy as np
 
+    from captum_fdcam.evaluation.memo import digest
     from captum_fdcam.evaluation.metrics import curve_auc
 
-    a = attribution(model, job, x, y, weights_cache)
+    if map_cache is None:
+        a = attribution(model, job, x, y, weights_cache)
+    else:
+        key = (
+            job.method,
+            job.layer,
+            job.fg_layer,
+            digest((sorted(job.method_kwargs.items()), sorted(job.fg_kwargs.items()), x, y)),
+        )
+        a = map_cache.lookup(key, lambda: attribution(model, job, x, y, weights_cache))
     if not np.isfinite(a).all():
         raise FloatingPointError(f"{job.name} gave a non-finite map.")
     out: dict[str, Any] = {}
