@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captum_fdcam.benchmark import DW_LAYER, MANIFEST, _identity, read_scores
+from captum_fdcam.benchmark import BASE_LAYER, DEPTHS, DW_LAYER, MANIFEST, _identity, read_scores
 from captum_fdcam.evaluation import paired
 from captum_fdcam.evaluation.metric_info import (
     FLAGS,
@@ -460,7 +460,65 @@ def _headlines(
                         note = _constant_maps(means.get(table, {}), row)
                         text = paired.sentence(row, "overall").removesuffix(".")
                         answers.append(f"`{table}`: {text}{note}.")
+    answers += _across_headlines(tables.get(paired.ACROSS_LAYERS, {}))
     return answers
+
+
+def _across_label(name: str) -> str:
+    """``FG-Grad-CAM@depth-14`` -> ``FG-Grad-CAM at `_blocks.10```; ``...@fdcam-table1``
+    -> ``... at `head_activation` (Table I)``."""
+    method, _, where = name.partition("@")
+    if where == paired.DEEP_TABLE:
+        return f"{method} at `{BASE_LAYER}` (Table I)"
+    return f"{method} at `{DEPTHS.get(where, where)}`"
+
+
+def _across_headlines(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Does FG-CAM keep its faithfulness at shallow layers: each FG-CAM (no denoising) at
+    each depth against its base CAM at the deep layer, and the base CAM itself at the
+    depth, on the overall AUC."""
+    overall = metrics.get("overall", [])
+    answers = []
+    for row in overall:
+        method, where = row["method"].split("@")
+        if not method.startswith("FG-") or method.endswith("-D"):
+            continue
+        base = f"{paired.base_of(method)}@{where}"
+        for shown in (row, *(r for r in overall if r["method"] == base)):
+            label, reference = _across_label(shown["method"]), _across_label(shown["reference"])
+            text = paired.difference(shown, "overall", label, reference)
+            answers.append(f"`fgcam-layers/{where}` against Table I: {text}.")
+    return answers
+
+
+def _across_section(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """FG-CAM across layers: every method of the layer tables against its base CAM in
+    Table I, in words and as a paired table."""
+    lines = [
+        "## FG-CAM across layers: against the base CAM at the deep layer",
+        "",
+        "Does a CAM keep its faithfulness at a shallower layer? Each method of the FG-CAM "
+        f"layer tables against its base CAM at `{BASE_LAYER}` in FD-CAM's Table I (the "
+        "same photos and the same insertion / deletion protocol), per photo. The FG-CAM "
+        'paper compares FG-CAM with Grad-CAM, Score-CAM and Layer-CAM "to verify that '
+        "FG-CAM does not significantly reduce the faithfulness of explanation as the "
+        'target layer becomes shallower, as is the case with CAM-based methods", and '
+        'reads its Table 2 as "as the target layer becomes progressively shallower, the '
+        "scores of Score-CAM and Grad-CAM decrease significantly, while FG-CAM is barely "
+        'affected" (its Experiments section; its numbers compare layers on per-layer '
+        "means, not paired per image).",
+        "",
+    ]
+    lines += [
+        "- "
+        + paired.difference(
+            row, "overall", _across_label(row["method"]), _across_label(row["reference"])
+        )
+        + "."
+        for row in metrics.get("overall", [])
+    ]
+    lines += ["", paired.markdown({paired.ACROSS_LAYERS: metrics}, level=3)]
+    return lines
 
 
 def page(
@@ -523,6 +581,9 @@ def page(
             lines.append("")
         if rows:
             lines += [paired.markdown({table: rows}, level=3)]
+        last_layer_table = [t for t in names if _section(t)[0] == "fgcam-layers"][-1:]
+        if [table] == last_layer_table and paired.ACROSS_LAYERS in tables:
+            lines += _across_section(tables[paired.ACROSS_LAYERS])
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -293,3 +293,62 @@ def test_a_bound_near_zero_shows_its_sign_and_counts_are_singular_for_one() -> N
     assert paired.bound(0.0004, 3) == "+0.0004"
     assert paired.bound(-1e-9, 3) == "-0.000000"  # no sign digit within 3 more decimals
     assert paired.bound(0.0123, 1) == "+0.01"  # percentages: one more decimal
+
+
+def test_fg_cam_across_layers_pairs_each_method_with_its_base_cam_in_table_one(
+    tmp_path: Path,
+) -> None:
+    """Does a CAM keep its faithfulness at a shallower layer: each method of a
+    ``fgcam-layers/<depth>`` table against its base CAM in Table I, photo by photo."""
+    rng = np.random.default_rng(1)
+    n = 12
+    deep = rng.uniform(0.3, 0.6, n)
+    shift = {"Grad-CAM": -0.2, "FG-Grad-CAM": 0.0, "FG-Grad-CAM-D": 0.01, "Layer-CAM": 0.0}
+    records = []
+    for i in range(n):
+        for m in ("Grad-CAM", "Layer-CAM"):
+            records.append(
+                _record("fdcam-table1", m, f"img{i}.JPEG", insertion=deep[i], deletion=0.1)
+            )
+        for m, d in shift.items():
+            noise = rng.normal(0, 0.02) if m == "FG-Grad-CAM" else 0.0
+            ins = deep[i] + d + noise
+            records.append(
+                _record("fgcam-layers/depth-56", m, f"img{i}.JPEG", insertion=ins, deletion=0.1)
+            )
+    records.append(_record("fgcam-layers/depth-56", "Grad-CAM", "extra.JPEG", insertion=0.5, deletion=0.1))
+    tables = paired.paired_tables(records)
+    rows = tables[paired.ACROSS_LAYERS]["overall"]
+    got = {(r["method"], r["reference"]): r for r in rows}
+    assert set(got) == {
+        ("FG-Grad-CAM-D@depth-56", "Grad-CAM@fdcam-table1"),
+        ("FG-Grad-CAM@depth-56", "Grad-CAM@fdcam-table1"),
+        ("Grad-CAM@depth-56", "Grad-CAM@fdcam-table1"),
+        ("Layer-CAM@depth-56", "Layer-CAM@fdcam-table1"),
+    }
+    units = paired.unit_scores(records)
+    for (method, reference), row in got.items():
+        a = units[("fgcam-layers/depth-56", method.split("@")[0])]["overall"]
+        b = units[("fdcam-table1", reference.split("@")[0])]["overall"]
+        mean, ci, count, wins, losses, ties = _naive(a, b, "higher", 2000, 0)
+        assert row["n"] == count == n  # the photo only one table has is left out
+        assert row["mean"] == pytest.approx(mean) and row["ci95"] == pytest.approx(ci)
+        assert (row["wins"], row["losses"], row["ties"]) == (wins, losses, ties)
+    assert paired.claimed(got[("Grad-CAM@depth-56", "Grad-CAM@fdcam-table1")])
+    layer = got[("Layer-CAM@depth-56", "Layer-CAM@fdcam-table1")]
+    assert layer["ties"] == n and paired.difference(layer, "overall", "A", "B").endswith(
+        "the same on all 12 items"
+    )
+    # The page: the section after the layer tables, and the headline answers, read
+    # from the same rows.
+    (tmp_path / "scores-rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page = tmp_path / "results.md"
+    _generator().generate(tmp_path, page)
+    text = page.read_text()
+    assert "## FG-CAM across layers" in text
+    head = text.partition("## FD-CAM Table I")[0]
+    answers = [x for x in head.splitlines() if "against Table I" in x]
+    assert len(answers) == 2, answers  # FG-Grad-CAM, and Grad-CAM itself, at the depth
+    fg = got[("FG-Grad-CAM@depth-56", "Grad-CAM@fdcam-table1")]
+    assert paired.interval(fg, 3) in answers[0] and "FG-Grad-CAM at `_blocks.2`" in answers[0]
+    assert answers[1].endswith("Grad-CAM at `_blocks.2` is lower.")

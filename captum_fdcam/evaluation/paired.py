@@ -40,6 +40,13 @@ _MOSAIC_CELL = re.compile(r"(mosaic\d+)-cell\d+")
 #: The reference of the FG-CAM input table: the base CAM at the input is not in that
 #: table (FG-CAM's Table 5 compares with LRP, as this table does).
 INPUT_REFERENCE = "LRP"
+#: The pseudo-table of ``paired.json`` that follows each method of the FG-CAM layer
+#: tables (``fgcam-layers/<depth>``) back to its base CAM in FD-CAM's Table I: the same
+#: photos and insertion / deletion protocol, at the deep layer (``head_activation``).
+#: Does a CAM keep its faithfulness at a shallower layer? Rows name their methods
+#: ``<method>@<depth>`` and ``<base CAM>@fdcam-table1``.
+ACROSS_LAYERS = "fgcam-layers-vs-table1"
+DEEP_TABLE = "fdcam-table1"
 
 
 def unit_of(item: str) -> str:
@@ -169,7 +176,7 @@ def comparisons(table: str, methods: list[str]) -> list[tuple[str, str]]:
             add(m, "FD-CAM")
     elif table.startswith("fgcam-layers"):
         for m in fg:
-            add(m, m.removeprefix("FG-").removesuffix("-D"))
+            add(m, base_of(m))
         for m in fg:
             if m.endswith("-D"):
                 add(m, m.removesuffix("-D"))
@@ -188,11 +195,44 @@ def comparisons(table: str, methods: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def base_of(method: str) -> str:
+    """The base CAM of an FG-CAM name (``FG-Score-CAM-D`` -> ``Score-CAM``), else the
+    name itself."""
+    return method.removeprefix("FG-").removesuffix("-D") if method.startswith("FG-") else method
+
+
+def across_layers(
+    scores: UnitScores, samples: int = SAMPLES, seed: int = SEED
+) -> dict[str, list[dict[str, Any]]]:
+    """Per metric (insertion, deletion, overall), each method of every
+    ``fgcam-layers/<depth>`` table against its base CAM in :data:`DEEP_TABLE`, on the
+    photos both have (see :data:`ACROSS_LAYERS`)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    tables = sorted({t for t, _ in scores if t.startswith("fgcam-layers/")})
+    for metric in ("insertion", "deletion", "overall"):
+        better = METRICS[metric].better
+        rows = []
+        for table in tables:
+            depth = table.partition("/")[2]
+            for t, method in sorted(k for k in scores if k[0] == table):
+                a = scores[(t, method)].get(metric)
+                b = scores.get((DEEP_TABLE, base_of(method)), {}).get(metric)
+                row = paired(a, b, better, samples, seed) if a and b else None
+                if row is not None:
+                    method_, reference = f"{method}@{depth}", f"{base_of(method)}@{DEEP_TABLE}"
+                    rows.append({"method": method_, "reference": reference, **row})
+        if rows:
+            out[metric] = rows
+    return out
+
+
 def paired_tables(
     records: list[dict[str, Any]], samples: int = SAMPLES, seed: int = SEED
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Per table and metric, the paired rows of :func:`comparisons` (tables and
-    metrics sorted by name; rows in the order of the comparisons)."""
+    metrics sorted by name; rows in the order of the comparisons); then, where the
+    FG-CAM layer tables and Table I were both run, :data:`ACROSS_LAYERS`
+    (:func:`across_layers`)."""
     scores = unit_scores(records)
     tables: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for table in sorted({t for t, _ in scores}):
@@ -212,6 +252,9 @@ def paired_tables(
                     rows.append({"method": method, "reference": reference, **row})
             if rows:
                 tables.setdefault(table, {})[metric] = rows
+    across = across_layers(scores, samples, seed)
+    if across:
+        tables[ACROSS_LAYERS] = across
     return tables
 
 
@@ -315,6 +358,22 @@ def sentence(row: dict[str, Any], metric: str) -> str:
         f"A difference in {name} between {method} and {reference} is not shown either way "
         f"at n = {row['n']}{few}: {evidence}."
     )
+
+
+def difference(row: dict[str, Any], metric: str, method: str, reference: str) -> str:
+    """A comparison whose sides need longer names than :func:`sentence`'s possessives
+    allow (``FG-Grad-CAM at `_blocks.10```): "<metric>, <method> - <reference>: <mean>
+    [<CI>] (n, wins / losses): <verdict>", the verdict claimed only as :func:`sentence`
+    claims it."""
+    name = METRIC_NAMES.get(metric, metric)
+    evidence = f"{interval(row, digits_for(metric))} (n = {row['n']}, {counts(row)})"
+    if row["ties"] == row["n"]:
+        verdict = f"the same on all {row['n']} items"
+    elif claimed(row):
+        verdict = f"{method} is {'higher' if row['mean'] > 0 else 'lower'}"
+    else:
+        verdict = f"a difference is not shown either way at n = {row['n']}"
+    return f"{name}, {method} - {reference}: {evidence}: {verdict}"
 
 
 def markdown(tables: dict[str, dict[str, list[dict[str, Any]]]], level: int = 2) -> str:
