@@ -316,7 +316,9 @@ def test_fg_cam_across_layers_pairs_each_method_with_its_base_cam_in_table_one(
             records.append(
                 _record("fgcam-layers/depth-56", m, f"img{i}.JPEG", insertion=ins, deletion=0.1)
             )
-    records.append(_record("fgcam-layers/depth-56", "Grad-CAM", "extra.JPEG", insertion=0.5, deletion=0.1))
+    records.append(
+        _record("fgcam-layers/depth-56", "Grad-CAM", "extra.JPEG", insertion=0.5, deletion=0.1)
+    )
     tables = paired.paired_tables(records)
     rows = tables[paired.ACROSS_LAYERS]["overall"]
     got = {(r["method"], r["reference"]): r for r in rows}
