@@ -119,7 +119,8 @@ class WeightsCache(_Bounded):
 
 
 class MapCache(_Bounded):
-    """Maps (numpy arrays) by what they explain, keeping the ``maxsize`` latest: tables
+    """Maps (numpy arrays) by what they explain, keeping the ``maxsize`` latest
+    (``lookup(key, compute)``: the map stored under ``key``, else ``compute()``): tables
     that score the same method's map of the same image with different metrics (GridPG
     and Quantus's localisation metrics on the same mosaic cells) compute it once.
 
