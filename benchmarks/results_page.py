@@ -33,6 +33,8 @@ from captum_fdcam.evaluation.metric_info import (
 from captum_fdcam.evaluation.report import format_cell, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Metrics scored on GridPG mosaic cells: their tables' units are mosaics.
+MOSAIC_METRICS = ("gridpg", *QUANTUS_LOCALISATION)
 
 #: The papers' numbers the page quotes, each checked against the paper's text in
 #: ../shared/papers/ (fd-cam-paper.txt, fg-cam-paper.txt). Keyed by paper table, then
@@ -416,14 +418,17 @@ def _find(rows: list[dict[str, Any]], method: str, reference: str) -> dict[str, 
 
 def _constant_maps(rows: dict[str, Any], row: dict[str, Any]) -> str:
     """What a paired row's reader must know about constant maps: how many of each side's
-    maps were constant (all zero after the ReLU, scored with pixels in index order)."""
+    maps were constant (all zero after the ReLU, scored with pixels in index order); in
+    a mosaic table, on how many mosaics one cell's map or more was."""
+    mosaics = any(k in MOSAIC_METRICS for r in rows.values() for k in r)
+    unit = "mosaics (one cell or more)" if mosaics else "images"
     notes = []
     for method in (row["method"], row["reference"]):
         flags = rows.get(method, {})
         counted = [flags[f]["n"] for f in FLAGS if f in flags]
         if counted:
             total = max(c["n"] for k, c in flags.items() if not k.endswith("_curve"))
-            notes.append(f"{method}'s map was constant on {sum(counted)} of {total} images")
+            notes.append(f"{method}'s map was constant on {sum(counted)} of {total} {unit}")
     if not notes:
         return ""
     return (
@@ -536,7 +541,8 @@ def page(
 
     def size(t: str) -> str:
         n = max(c["n"] for row in means[t].values() for k, c in row.items() if "_curve" not in k)
-        return f"{t} n = {n}" + (" mosaics" if "gridpg" in next(iter(means[t].values())) else "")
+        mosaics = any(k in MOSAIC_METRICS for k in next(iter(means[t].values())))
+        return f"{t} n = {n}" + (" mosaics" if mosaics else "")
 
     lines = [
         INTRO.format(

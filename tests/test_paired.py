@@ -273,6 +273,26 @@ def test_a_headline_against_constant_maps_says_how_many(tmp_path: Path) -> None:
     assert "FD-CAM's map was constant" not in answer
 
 
+def test_on_mosaics_constant_maps_are_counted_per_mosaic(tmp_path: Path) -> None:
+    """GridPG's unit is the mosaic: a mosaic counts once however many of its cells'
+    maps were constant, and the page says so."""
+    lines = []
+    for k in range(12):
+        for j in range(4):
+            for method, value in (("Grad-CAM", 0.3), ("FD-CAM", 0.6 + k / 100)):
+                scores: dict[str, Any] = {"gridpg": value}
+                if method == "Grad-CAM" and k < 5 and j <= k % 3:  # 1 to 3 cells
+                    scores["constant_map"] = 1.0
+                lines.append(json.dumps(_record("gridpg", method, f"mosaic{k}-cell{j}", **scores)))
+    (tmp_path / "scores-rank0.jsonl").write_text("\n".join(lines) + "\n")
+    page = tmp_path / "results.md"
+    _generator().generate(tmp_path, page)
+    text = page.read_text()
+    answer = next(x for x in text.splitlines() if x.startswith("- `gridpg`"))
+    assert "Grad-CAM's map was constant on 5 of 12 mosaics (one cell or more)" in answer
+    assert "gridpg n = 12 mosaics" in text
+
+
 def test_a_bound_near_zero_shows_its_sign_and_counts_are_singular_for_one() -> None:
     """A CI that excludes 0 by less than the printed precision must not print as
     ``[-0.013, +0.000]``: the bound gets the decimals its sign needs."""
@@ -291,7 +311,7 @@ def test_a_bound_near_zero_shows_its_sign_and_counts_are_singular_for_one() -> N
     assert "(n = 64, 1 win / 62 losses, 1 tie)" in text, text
     assert paired.bound(0.0, 3) == "+0.000"  # a bound that is 0 stays 0
     assert paired.bound(0.0004, 3) == "+0.0004"
-    assert paired.bound(-1e-9, 3) == "-0.000000"  # no sign digit within 3 more decimals
+    assert paired.bound(-2e-9, 3) == "-2e-09"  # float noise: sign and magnitude
     assert paired.bound(0.0123, 1) == "+0.01"  # percentages: one more decimal
 
 

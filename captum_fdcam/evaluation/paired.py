@@ -291,7 +291,7 @@ def bound(value: float, digits: int) -> str:
         text = signed(value, digits + extra)
         if value == 0 or float(text) != 0:
             return text
-    return f"{value:+.{digits + 3}f}"  # still 0 to the eye, but with its sign
+    return f"{value:+.0e}"  # far below the table's precision: its sign and magnitude
 
 
 def digits_for(metric: str) -> int:
