@@ -141,3 +141,22 @@ def test_a_map_cache_computes_a_map_once_for_several_metrics() -> None:
     a = cache.lookup("k", lambda: np.zeros(3))
     a[:] = 1
     assert cache.lookup("k", lambda: np.ones(3)).sum() == 0
+
+
+def test_two_models_with_one_trunk_share_nothing() -> None:
+    """A fine-tuned head over the same trunk: equal inputs, activations and targets,
+    other weights and other maps. Neither cache may hand one model's result to the
+    other."""
+    first = _model()
+    second = _model()
+    with torch.no_grad():
+        second.head[-1].weight.mul_(-1.0)  # the same trunk, another head
+    x, y = _image(6), np.array([1])
+    weights, maps = WeightsCache(), MapCache()
+    job = Job("Score-CAM", "Score-CAM", LAYER, metrics=("deletion",))
+    for model in (first, second):
+        got = explain(model, x, y, method="Score-CAM", layer=LAYER, weights_cache=weights)
+        np.testing.assert_array_equal(got, explain(model, x, y, method="Score-CAM", layer=LAYER))
+        assert score(model, job, x, y, map_cache=maps) == score(model, job, x, y)
+    assert weights.hits == 0 and weights.misses == 2
+    assert maps.hits == 0 and maps.misses == 2

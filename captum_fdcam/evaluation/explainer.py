@@ -134,7 +134,13 @@ def _share_weights(
     if not isinstance(cam, WeightedLayerCam) or not cam.uses_perturbations:
         return  # gradient weights cost one backward pass: nothing worth sharing
     layer = next(name for name, m in model.named_modules() if m is cam.layer)
-    tag = (type(cam).__module__, type(cam).__qualname__, layer, digest(sorted(options.items())))
+    tag = (
+        cache.model_key(model),
+        type(cam).__module__,
+        type(cam).__qualname__,
+        layer,
+        digest(sorted(options.items())),
+    )
     cache.attach(cam, tag)
 
 

@@ -60,9 +60,19 @@ class _Bounded:
         self.hits = 0
         self.misses = 0
         self._store: OrderedDict[Hashable, Any] = OrderedDict()
+        self._models: list[Any] = []
 
     def __len__(self) -> int:
         return len(self._store)
+
+    def model_key(self, model: Any) -> int:
+        """A key part naming ``model``: two models never share entries, even with equal
+        inputs, activations and targets (a fine-tuned head over a shared trunk). The
+        cache keeps a reference to each model it has seen, so an id is never reused
+        while the cache lives."""
+        if not any(m is model for m in self._models):
+            self._models.append(model)
+        return id(model)
 
     def lookup(self, key: Hashable, compute: Callable[[], T]) -> T:
         """The value stored under ``key``, else ``compute()`` stored under it."""

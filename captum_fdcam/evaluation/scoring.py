@@ -148,6 +148,7 @@ def score(
         a = attribution(model, job, x, y, weights_cache)
     else:
         key = (
+            map_cache.model_key(model),
             job.method,
             job.layer,
             job.fg_layer,
