@@ -29,12 +29,13 @@ from captum_fdcam.evaluation.metric_info import (
     FLAGS,
     QUANTUS_FAITHFULNESS,
     QUANTUS_LOCALISATION,
+    mosaic_metrics,
 )
 from captum_fdcam.evaluation.report import format_cell, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Metrics scored on GridPG mosaic cells: their tables' units are mosaics.
-MOSAIC_METRICS = ("gridpg", *QUANTUS_LOCALISATION)
+MOSAIC_METRICS = mosaic_metrics()
 
 #: The papers' numbers the page quotes, each checked against the paper's text in
 #: ../shared/papers/ (fd-cam-paper.txt, fg-cam-paper.txt). Keyed by paper table, then
@@ -459,9 +460,8 @@ def _headlines(
             # FG-CAM without denoising, on the overall AUC (the rest in the sections).
             for row in metrics.get("overall", []):
                 method = row["method"]
-                base = method.removeprefix("FG-")
                 if method.startswith("FG-") and not method.endswith("-D"):
-                    if row["reference"] in (base, "Layer-CAM"):
+                    if row["reference"] in (paired.base_of(method), "Layer-CAM"):
                         note = _constant_maps(means.get(table, {}), row)
                         text = paired.sentence(row, "overall").removesuffix(".")
                         answers.append(f"`{table}`: {text}{note}.")

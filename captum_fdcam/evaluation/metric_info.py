@@ -112,13 +112,13 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 
-#: The report card's metrics (configured in report_card.py): Quantus's faithfulness
-#: metrics, scored on the photos, and its localisation metrics, on the mosaics' cells.
 #: Per-record flags, not metrics: counted ("k of n images"), never averaged or compared.
 #: ``constant_map``: the map was constant (all zero after the ReLU: no positive evidence
 #: at that layer), so it could not rank pixels and was scored with pixels in index order.
 FLAGS = ("constant_map",)
 
+#: The report card's metrics (configured in report_card.py): Quantus's faithfulness
+#: metrics, scored on the photos, and its localisation metrics, on the mosaics' cells.
 QUANTUS_FAITHFULNESS = ("faithfulness_correlation", "pixel_flipping", "road")
 QUANTUS_LOCALISATION = (
     "pointing_game",
