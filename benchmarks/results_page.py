@@ -167,8 +167,10 @@ SECTIONS: list[tuple[str, str, str, tuple[str, ...]]] = [
         "FD-CAM Tables III and IV: ablations",
         "Each variant against the full FD-CAM (groups of 5% of the channels, switch on + "
         "off, w = a exp(s) - 0.5). At `head_activation` the logit is linear in the layer's "
-        "activations, so the switch-on score is the switch-off score plus the bias and "
-        '"switch-off only" gives FD-CAM\'s maps exactly.',
+        "activations, so FD-CAM's score s_k (both switches) is the switch-off score plus "
+        'half the bias, which the min-max of the scores removes: "switch-off only" gives '
+        "FD-CAM's maps to float rounding there (tested in tests/test_perturbation_cams.py), "
+        "and what the switches change can only be asked at the depthwise layer.",
         ("overall",),
     ),
     (

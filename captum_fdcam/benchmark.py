@@ -24,9 +24,9 @@ Tables (``--tables``, default all):
   AttributionLocalisation, TopKIntersection and RelevanceRankAccuracy on the GridPG
   mosaics, the explained cell being the mask (settings in
   ``captum_fdcam/evaluation/report_card.py``).
-* ``<table>/depthwise`` (Table I, GridPG and the two Quantus tables): the same at the
-  last block's depthwise activation (``DW_LAYER``), which a non-linear network follows;
-  the tables without the suffix are at ``head_activation``.
+* ``<table>/depthwise`` (Table I, the ablations, GridPG and the two Quantus tables): the
+  same at the last block's depthwise activation (``DW_LAYER``), which a non-linear
+  network follows; the tables without the suffix are at ``head_activation``.
 
 Output (``--out``, default ``./captum-fdcam-benchmark``): every score of every image is
 appended to ``scores-rank<r>.jsonl`` as soon as it is known, with a key holding what
@@ -73,6 +73,7 @@ TABLES = (
     "fdcam-table1",
     "fdcam-table1/depthwise",
     "fdcam-ablation",
+    "fdcam-ablation/depthwise",
     "gridpg",
     "gridpg/depthwise",
     "fgcam-layers",
@@ -150,11 +151,12 @@ def jobs_for(tables: tuple[str, ...], cams: tuple[str, ...]) -> list[TableJob]:
     for suffix, layer in LAYERS.items():
         if f"fdcam-table1{suffix}" in tables:
             rows += [TableJob(f"fdcam-table1{suffix}", Job(m, m, layer)) for m in cams]
-    if "fdcam-ablation" in tables:
-        rows += [
-            TableJob("fdcam-ablation", Job(n, "FD-CAM", BASE_LAYER, kw))
-            for n, kw in FD_ABLATIONS.items()
-        ]
+    for suffix, layer in LAYERS.items():
+        if f"fdcam-ablation{suffix}" in tables:
+            rows += [
+                TableJob(f"fdcam-ablation{suffix}", Job(n, "FD-CAM", layer, kw))
+                for n, kw in FD_ABLATIONS.items()
+            ]
     for suffix, layer in LAYERS.items():
         table = f"gridpg{suffix}"
         if table in tables:

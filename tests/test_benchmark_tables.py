@@ -1,4 +1,5 @@
-"""The benchmark's table definitions: the report card's and the depthwise layer's tables."""
+"""The benchmark's table definitions: the report card's and the depthwise layer's tables
+(Table I, the ablations, GridPG and the report card at both layers)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ def test_jobs_for_yields_the_report_card_and_depthwise_tables() -> None:
         jobs = by_table[table]
         assert [j.method for j in jobs] == list(cams) == [j.name for j in jobs], table
         assert all(j.layer == layer and j.metrics == metrics for j in jobs), table
+    for table, layer in (
+        ("fdcam-ablation", benchmark.BASE_LAYER),
+        ("fdcam-ablation/depthwise", benchmark.DW_LAYER),
+    ):
+        jobs = by_table[table]
+        assert [(j.name, j.method, j.layer) for j in jobs] == [
+            (name, "FD-CAM", layer) for name in benchmark.FD_ABLATIONS
+        ], table
+        assert [j.method_kwargs for j in jobs] == list(benchmark.FD_ABLATIONS.values()), table
     on_mosaics = {r.table for r in rows if benchmark._on_mosaics(r)}
     assert on_mosaics == {
         "gridpg",

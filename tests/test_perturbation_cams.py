@@ -9,6 +9,7 @@ call the library's engine.
 from __future__ import annotations
 
 import collections
+import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -306,6 +307,45 @@ def test_fdcam_probability_scores(small: SmallCNN) -> None:
     expected = LayerFDCam(Softmax(small), small.features[3], switch="off").channel_scores(x, 2)
     torch.testing.assert_close(probability.channel_scores(x, 2), expected)
     assert not torch.allclose(logits, expected)
+
+
+@pytest.mark.parametrize("group_fraction", [0.25, None])
+def test_switch_on_adds_only_the_bias_before_a_pooled_linear_head(
+    small: SmallCNN, group_fraction: float | None
+) -> None:
+    """What the benchmark's ablation at ``head_activation`` rests on: when global pooling
+    and one linear layer follow the layer, y_c(only G on) = b_c + (y_c - y_c(G off)), so
+    s_k (both switches) = s_k (switch-off) + b_c / 2, and after the min-max of the scores
+    FD-CAM and its switch-off-only variant give the same map (to float rounding). Behind
+    a non-linear head (SmallCNN's Tanh) they differ."""
+    torch.manual_seed(5)
+    features = copy.deepcopy(small.features)
+    pooled = (
+        nn.Sequential(features, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5))
+        .double()
+        .eval()
+    )
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    target = [1, 3]
+    bias = pooled[-1].bias.detach()[target]
+
+    def both_and_off(model: nn.Module, layer: nn.Module) -> tuple[Tensor, ...]:
+        cams = [
+            LayerFDCam(model, layer, group_fraction=group_fraction, switch=s)
+            for s in ("both", "off")
+        ]
+        scores = [cam.channel_scores(x, target) for cam in cams]
+        maps = [cam.attribute(x, target) for cam in cams]
+        return (*scores, *maps)
+
+    both, off, map_both, map_off = both_and_off(pooled, pooled[1])
+    torch.testing.assert_close(both, off + bias[:, None] / 2, rtol=1e-12, atol=1e-12)
+    assert map_both.abs().amax() > 0
+    torch.testing.assert_close(map_both, map_off, rtol=1e-10, atol=1e-12)
+
+    nonlinear = copy.deepcopy(small).double().eval()
+    both, off, map_both, map_off = both_and_off(nonlinear, nonlinear.act)
+    assert not torch.allclose(map_both, map_off, rtol=1e-3, atol=1e-6)
 
 
 def test_groups_of_one_and_switch_off_rank_channels_like_ablation_cam(
