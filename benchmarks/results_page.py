@@ -276,7 +276,7 @@ def _means_table(rows: dict[str, Any]) -> list[str]:
         "|---|---:|" + "---:|" * len(metrics),
     ]
     for method, row in sorted(rows.items()):
-        n = max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
+        n = _row_n(row)
         cells = []
         for m in metrics:
             cell = row.get(m)
@@ -287,6 +287,29 @@ def _means_table(rows: dict[str, Any]) -> list[str]:
             cells.append(format_cell(m, cell, n, digits))
         lines.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _row_n(row: dict[str, Any]) -> int:
+    return max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
+
+
+def _fewer_units(rows: dict[str, Any]) -> list[str]:
+    """A line naming the rows scored on fewer units than the table's others (a costly
+    method run on the first photos only): their means are over other photos than the
+    rest, so only their paired differences, on the photos both have, compare them."""
+    ns = {method: _row_n(row) for method, row in rows.items()}
+    most = max(ns.values())
+    fewer = {m: n for m, n in sorted(ns.items()) if n < most}
+    if not fewer:
+        return []
+    named = ", ".join(f"{m} (n = {n})" for m, n in fewer.items())
+    return [
+        f"Scored on fewer units than the other rows (n = {most}): {named}, the first ones "
+        "by file name. Their means are over other units than the other rows' and are "
+        "not comparable with them; their paired differences below are on the units both "
+        "methods have.",
+        "",
+    ]
 
 
 def _paper_lines(prefix: str) -> list[str]:
@@ -430,7 +453,7 @@ def _constant_maps(rows: dict[str, Any], row: dict[str, Any]) -> str:
         flags = rows.get(method, {})
         counted = [flags[f]["n"] for f in FLAGS if f in flags]
         if counted:
-            total = max(c["n"] for k, c in flags.items() if not k.endswith("_curve"))
+            total = _row_n(flags)
             notes.append(f"{method}'s map was constant on {sum(counted)} of {total} {unit}")
     if not notes:
         return ""
@@ -542,7 +565,7 @@ def page(
     names = sorted(means, key=lambda t: (order.get(_section(t)[0], len(order)), t))
 
     def size(t: str) -> str:
-        n = max(c["n"] for row in means[t].values() for k, c in row.items() if "_curve" not in k)
+        n = max(_row_n(row) for row in means[t].values())
         mosaics = any(k in MOSAIC_METRICS for k in next(iter(means[t].values())))
         return f"{t} n = {n}" + (" mosaics" if mosaics else "")
 
@@ -576,6 +599,7 @@ def page(
                 lines += [*quoted, ""]
         lines += ["Here (mean [bootstrap 95% CI over the units]):", ""]
         lines += [*_means_table(means[table]), ""]
+        lines += _fewer_units(means[table])
         lines += _figures(folder, page_path, table)
         rows = tables.get(table, {})
         sentences = [

@@ -374,3 +374,29 @@ def test_fg_cam_across_layers_pairs_each_method_with_its_base_cam_in_table_one(
     fg = got[("FG-Grad-CAM@depth-56", "Grad-CAM@fdcam-table1")]
     assert paired.interval(fg, 3) in answers[0] and "FG-Grad-CAM at `_blocks.2`" in answers[0]
     assert answers[1].endswith("Grad-CAM at `_blocks.2` is lower.")
+
+
+def test_a_method_on_fewer_photos_is_named_and_paired_on_its_photos(tmp_path: Path) -> None:
+    """Score-CAM is run on the first photos only: the page says which rows have fewer
+    units (their means are over other photos), and their paired rows use only the
+    photos both methods have."""
+    lines = []
+    for i in range(20):
+        for method, value in (("Grad-CAM", 0.3 + i / 50), ("Score-CAM", 0.31 + i / 50)):
+            if method == "Score-CAM" and i >= 12:
+                continue
+            scores = {"insertion": value, "deletion": 0.1}
+            lines.append(json.dumps(_record("fdcam-table1", method, f"i{i:02d}", **scores)))
+    (tmp_path / "scores-rank0.jsonl").write_text("\n".join(lines) + "\n")
+    page = tmp_path / "results.md"
+    tables = _generator().generate(tmp_path, page)
+    (row,) = tables["fdcam-table1"]["overall"]
+    assert (row["method"], row["reference"], row["n"], row["wins"]) == (
+        "Score-CAM",
+        "Grad-CAM",
+        12,
+        12,
+    )
+    text = page.read_text()
+    assert "than the other rows (n = 20): Score-CAM (n = 12), the first" in text
+    assert "| Grad-CAM | 20 |" in text and "| Score-CAM | 12 |" in text
