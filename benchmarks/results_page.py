@@ -467,7 +467,8 @@ def _headlines(
     tables: dict[str, dict[str, list[dict[str, Any]]]], means: dict[str, Any]
 ) -> list[str]:
     """The issue's questions, each answered by its paired row: does FD-CAM beat Grad-CAM
-    and Ablation-CAM (overall AUC, GridPG) at each layer; does FG-CAM keep its
+    and Ablation-CAM (overall AUC, GridPG) at each layer; what each ablated part of
+    FD-CAM changes (overall AUC against the full FD-CAM); does FG-CAM keep its
     faithfulness at shallow layers (against its base CAM and Layer-CAM). A side whose
     maps were constant on some images says so."""
     answers = []
@@ -481,6 +482,11 @@ def _headlines(
                     note = _constant_maps(means.get(table, {}), row)
                     text = paired.sentence(row, metric)
                     answers.append(f"`{table}`: {text.removesuffix('.')}{note}.")
+        elif prefix == "fdcam-ablation":
+            # What each of FD-CAM's parts (grouping, switch-on, the combination) adds.
+            for row in metrics.get("overall", []):
+                if row["reference"] == "FD-CAM":
+                    answers.append(f"`{table}`: {paired.sentence(row, 'overall')}")
         elif prefix == "fgcam-layers":
             # FG-CAM without denoising, on the overall AUC (the rest in the sections).
             for row in metrics.get("overall", []):

@@ -132,6 +132,11 @@ def test_sentences_claim_only_where_the_ci_excludes_zero() -> None:
     assert "not shown either way at n = 3" in few and "lower" not in few
     same = paired.sentence(_row(0.0, 0.0, 0.0, wins=0, losses=0), "overall")
     assert same == "FD-CAM and Grad-CAM have the same overall AUC on all 20 items."
+    ablation = {**_row(-0.004, -0.009, 0.001), "method": "FD-CAM, no grouping"}
+    ablation["reference"] = "FD-CAM"
+    assert paired.sentence(ablation, "overall").startswith(
+        'A difference in overall AUC between "FD-CAM, no grouping" and FD-CAM is not shown'
+    )
     flipped = paired.flipped(_row(0.012, 0.004, 0.020))
     assert flipped["method"] == "Grad-CAM" and flipped["mean"] == -0.012
     assert flipped["ci95"] == [-0.020, -0.004]
@@ -400,3 +405,24 @@ def test_a_method_on_fewer_photos_is_named_and_paired_on_its_photos(tmp_path: Pa
     text = page.read_text()
     assert "than the other rows (n = 20): Score-CAM (n = 12), the first" in text
     assert "| Grad-CAM | 20 |" in text and "| Score-CAM | 12 |" in text
+
+
+def test_the_ablations_are_headline_answers_against_fd_cam(tmp_path: Path) -> None:
+    lines = []
+    for i in range(12):
+        for method, value in (("FD-CAM", 0.5 + i / 100), ("FD-CAM, no grouping", 0.4)):
+            scores = {"insertion": value, "deletion": 0.1}
+            lines.append(json.dumps(_record("fdcam-ablation/depthwise", method, f"i{i}", **scores)))
+    (tmp_path / "scores-rank0.jsonl").write_text("\n".join(lines) + "\n")
+    page = tmp_path / "results.md"
+    _generator().generate(tmp_path, page)
+    head = page.read_text().partition("## FD-CAM Tables III and IV")[0]
+    answers = [x for x in head.splitlines() if x.startswith("- `fdcam-ablation")]
+    full = {f"i{i}": 0.4 + i / 100 for i in range(12)}  # overall = insertion - 0.1
+    mean, (low, high), *_ = _naive(
+        {u: 0.3 for u in full}, full, "higher", paired.SAMPLES, paired.SEED
+    )
+    assert answers == [
+        '- `fdcam-ablation/depthwise`: "FD-CAM, no grouping"\'s overall AUC is lower than '
+        f"FD-CAM's by {mean:+.3f} [{low:+.3f}, {high:+.3f}] (n = 12, 0 wins / 12 losses)."
+    ]

@@ -346,7 +346,9 @@ def sentence(row: dict[str, Any], metric: str) -> str:
     n = N". Methods equal on every item are said to be."""
     name = METRIC_NAMES.get(metric, metric)
     digits = digits_for(metric)
-    method, reference = row["method"], row["reference"]
+    # An ablation's name holds a comma ("FD-CAM, no grouping"): quoted, so that the
+    # possessive and the sentence's own commas read unambiguously.
+    method, reference = (f'"{n}"' if "," in n else n for n in (row["method"], row["reference"]))
     evidence = f"{interval(row, digits)} (n = {row['n']}, {counts(row)})"
     if row["ties"] == row["n"]:
         return f"{method} and {reference} have the same {name} on all {row['n']} items."
