@@ -381,6 +381,13 @@ def _section(table: str) -> tuple[str, str, str, tuple[str, ...]]:
     return "", table, "", ()
 
 
+def _section_order(table: str) -> tuple[int, str]:
+    """Tables in the order of SECTIONS (the papers' order), then by name."""
+    order = [prefix for prefix, *_ in SECTIONS]
+    prefix = _section(table)[0]
+    return (order.index(prefix) if prefix in order else len(order), table)
+
+
 def _steps(folder: Path, records: list[dict[str, Any]]) -> str:
     """The insertion/deletion protocol the folder's scores were computed with, from its
     run.json (the run's fingerprint names the protocol) and the curves' length."""
@@ -472,8 +479,8 @@ def _headlines(
     faithfulness at shallow layers (against its base CAM and Layer-CAM). A side whose
     maps were constant on some images says so."""
     answers = []
-    for table, metrics in tables.items():
-        prefix = _section(table)[0]
+    for table in sorted(tables, key=_section_order):
+        metrics, prefix = tables[table], _section(table)[0]
         if prefix in ("fdcam-table1", "gridpg"):
             metric = "overall" if prefix == "fdcam-table1" else "gridpg"
             for reference in ("Grad-CAM", "Ablation-CAM"):
@@ -567,8 +574,7 @@ def page(
     """The results page: the intro, then per table its text, the papers' numbers, the
     means with CIs, the sentences and the paired table."""
     means = summarise(records)  # per mosaic for mosaic cells, as tables.md
-    order = {prefix: i for i, (prefix, *_) in enumerate(SECTIONS)}
-    names = sorted(means, key=lambda t: (order.get(_section(t)[0], len(order)), t))
+    names = sorted(means, key=_section_order)
 
     def size(t: str) -> str:
         n = max(_row_n(row) for row in means[t].values())

@@ -413,10 +413,17 @@ def test_the_ablations_are_headline_answers_against_fd_cam(tmp_path: Path) -> No
         for method, value in (("FD-CAM", 0.5 + i / 100), ("FD-CAM, no grouping", 0.4)):
             scores = {"insertion": value, "deletion": 0.1}
             lines.append(json.dumps(_record("fdcam-ablation/depthwise", method, f"i{i}", **scores)))
+    # Table I's answers come first, whatever the order of the tables' names.
+    for i in range(12):
+        for method in ("FD-CAM", "Grad-CAM"):
+            scores = {"insertion": 0.5, "deletion": 0.1}
+            lines.append(json.dumps(_record("fdcam-table1", method, f"i{i}", **scores)))
     (tmp_path / "scores-rank0.jsonl").write_text("\n".join(lines) + "\n")
     page = tmp_path / "results.md"
     _generator().generate(tmp_path, page)
-    head = page.read_text().partition("## FD-CAM Tables III and IV")[0]
+    head = page.read_text().partition("## FD-CAM Table I")[0]
+    bullets = [x for x in head.splitlines() if x.startswith("- `")]
+    assert bullets[0].startswith("- `fdcam-table1`: ") and len(bullets) == 2
     answers = [x for x in head.splitlines() if x.startswith("- `fdcam-ablation")]
     full = {f"i{i}": 0.4 + i / 100 for i in range(12)}  # overall = insertion - 0.1
     mean, (low, high), *_ = _naive(
