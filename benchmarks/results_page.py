@@ -304,10 +304,9 @@ def _fewer_units(rows: dict[str, Any]) -> list[str]:
         return []
     named = ", ".join(f"{m} (n = {n})" for m, n in fewer.items())
     return [
-        f"Scored on fewer units than the other rows (n = {most}): {named}, the first ones "
-        "by file name. Their means are over other units than the other rows' and are "
-        "not comparable with them; their paired differences below are on the units both "
-        "methods have.",
+        f"Scored on fewer units than the other rows (n = {most}): {named}. Their means "
+        "are over other units than the other rows' and are not comparable with them; "
+        "their paired differences below are on the units both methods have.",
         "",
     ]
 

@@ -403,7 +403,7 @@ def test_a_method_on_fewer_photos_is_named_and_paired_on_its_photos(tmp_path: Pa
         12,
     )
     text = page.read_text()
-    assert "than the other rows (n = 20): Score-CAM (n = 12), the first" in text
+    assert "than the other rows (n = 20): Score-CAM (n = 12). Their means" in text
     assert "| Grad-CAM | 20 |" in text and "| Score-CAM | 12 |" in text
 
 
