@@ -293,6 +293,11 @@ def _row_n(row: dict[str, Any]) -> int:
     return max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
 
 
+def _on_mosaics(rows: dict[str, Any]) -> bool:
+    """Whether a table's rows are scored on GridPG mosaics (its unit is the mosaic)."""
+    return any(k in MOSAIC_METRICS for row in rows.values() for k in row)
+
+
 def _fewer_units(rows: dict[str, Any]) -> list[str]:
     """A line naming the rows scored on fewer units than the table's others (a costly
     method run on the first photos only): their means are over other photos than the
@@ -452,8 +457,7 @@ def _constant_maps(rows: dict[str, Any], row: dict[str, Any]) -> str:
     """What a paired row's reader must know about constant maps: how many of each side's
     maps were constant (all zero after the ReLU, scored with pixels in index order); in
     a mosaic table, on how many mosaics one cell's map or more was."""
-    mosaics = any(k in MOSAIC_METRICS for r in rows.values() for k in r)
-    unit = "mosaics (one cell or more)" if mosaics else "images"
+    unit = "mosaics (one cell or more)" if _on_mosaics(rows) else "images"
     notes = []
     for method in (row["method"], row["reference"]):
         flags = rows.get(method, {})
@@ -577,8 +581,7 @@ def page(
 
     def size(t: str) -> str:
         n = max(_row_n(row) for row in means[t].values())
-        mosaics = any(k in MOSAIC_METRICS for k in next(iter(means[t].values())))
-        return f"{t} n = {n}" + (" mosaics" if mosaics else "")
+        return f"{t} n = {n}" + (" mosaics" if _on_mosaics(means[t]) else "")
 
     lines = [
         INTRO.format(

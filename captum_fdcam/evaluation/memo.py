@@ -60,7 +60,7 @@ class _Bounded:
         self.hits = 0
         self.misses = 0
         self._store: OrderedDict[Hashable, Any] = OrderedDict()
-        self._models: list[Any] = []
+        self._models: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return len(self._store)
@@ -70,8 +70,7 @@ class _Bounded:
         inputs, activations and targets (a fine-tuned head over a shared trunk). The
         cache keeps a reference to each model it has seen, so an id is never reused
         while the cache lives."""
-        if not any(m is model for m in self._models):
-            self._models.append(model)
+        self._models.setdefault(id(model), model)
         return id(model)
 
     def lookup(self, key: Hashable, compute: Callable[[], T]) -> T:
