@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from captum_fdcam._core.perturbation import PerturbationEngine
     from captum_fdcam.errors import (
         CamError,
+        ConstantMapWarning,
+        DefaultLayerWarning,
         FeatureMapError,
         GradientsDisabledError,
         InputError,
@@ -61,7 +63,14 @@ if TYPE_CHECKING:
         PropagationLRP,
     )
     from captum_fdcam.propagation import ZBoxRule, ZPlusRule
-    from captum_fdcam.targets import SegmentationTarget
+    from captum_fdcam.targets import (
+        DetectionTarget,
+        Logits,
+        MultiLabelTarget,
+        SegmentationTarget,
+        SimilarityTarget,
+        expand_labels,
+    )
 
 __version__ = "0.1.0"
 
@@ -79,6 +88,8 @@ _EXPORTS = {
     "FeatureLayout": "captum_fdcam._core.layout",
     "PerturbationEngine": "captum_fdcam._core.perturbation",
     "CamError": "captum_fdcam.errors",
+    "ConstantMapWarning": "captum_fdcam.errors",
+    "DefaultLayerWarning": "captum_fdcam.errors",
     "FeatureMapError": "captum_fdcam.errors",
     "GradientsDisabledError": "captum_fdcam.errors",
     "InputError": "captum_fdcam.errors",
@@ -95,6 +106,11 @@ _EXPORTS = {
     "ZBoxRule": "captum_fdcam.propagation",
     "ZPlusRule": "captum_fdcam.propagation",
     "SegmentationTarget": "captum_fdcam.targets",
+    "DetectionTarget": "captum_fdcam.targets",
+    "Logits": "captum_fdcam.targets",
+    "SimilarityTarget": "captum_fdcam.targets",
+    "MultiLabelTarget": "captum_fdcam.targets",
+    "expand_labels": "captum_fdcam.targets",
 }
 
 # METHODS by class name, so that the command line can list the names without importing
@@ -103,7 +119,7 @@ _METHOD_CLASSES = _registry.method_classes()
 
 # Subpackages the eager version of this module imported, so that code written as
 # ``import captum_fdcam; captum_fdcam.methods.X`` keeps working.
-_SUBMODULES = ("_core", "methods", "propagation", "targets")
+_SUBMODULES = ("_core", "architectures", "methods", "propagation", "reshape", "targets")
 
 #: The CAM methods of this library, by the names used in figures and tables.
 METHODS: dict[str, type]
@@ -114,6 +130,9 @@ __all__ = [
     "SGLRP",
     "CamError",
     "CamState",
+    "ConstantMapWarning",
+    "DefaultLayerWarning",
+    "DetectionTarget",
     "FGCam",
     "FeatureLayout",
     "FeatureMapError",
@@ -134,13 +153,16 @@ __all__ = [
     "LayerLayerCam",
     "LayerScoreCam",
     "LayerXGradCam",
+    "Logits",
     "ModelOutputError",
+    "MultiLabelTarget",
     "NonFiniteError",
     "PerturbationCamState",
     "PerturbationEngine",
     "PerturbationLayerCam",
     "PropagationLRP",
     "SegmentationTarget",
+    "SimilarityTarget",
     "StateT",
     "TargetError",
     "TorchScriptError",
@@ -149,6 +171,7 @@ __all__ = [
     "ZBoxRule",
     "ZPlusRule",
     "__version__",
+    "expand_labels",
 ]
 
 

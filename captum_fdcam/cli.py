@@ -4,6 +4,8 @@
 
     captum-fdcam explain photo.jpg --methods Grad-CAM FD-CAM --out figures/
     captum-fdcam explain photos/ --model resnet50 --weights resnet50.pth --layer layer4
+    captum-fdcam explain photo.jpg --model timm:vit_base_patch16_224 --weights vit.safetensors
+    captum-fdcam explain photo.jpg --model hf:path/to/save_pretrained-folder
     captum-fdcam evaluate photos/ --methods Grad-CAM FD-CAM --metrics insertion deletion
     captum-fdcam benchmark --data imagenet-sample --tables fdcam-table1 --limit 20
 
@@ -19,13 +21,14 @@ torch and Captum, so each function imports what it needs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,7 @@ from captum_fdcam.evaluation.data import (
 )
 from captum_fdcam.evaluation.data import first_line as _first_line
 from captum_fdcam.evaluation.metric_info import per_image_metrics
+from captum_fdcam.hub import Preprocessing, is_hub_model
 
 if TYPE_CHECKING:
     import torch
@@ -135,26 +139,67 @@ def resolve_device(name: str) -> torch.device:
 class LoadedModel:
     """A model in eval mode on its device, its class names, and whether it is TorchScript.
 
-    A TorchScript model's classes are known after :func:`probe_model` has run it."""
+    A TorchScript model's classes are known after :func:`probe_model` has run it.
+
+    Attributes:
+        preprocessing: how its images are prepared (a hub model's checkpoint says).
+        hugging_face: ``module`` returns a Hugging Face ``ModelOutput``, not scores.
+        summary: for hub models, one line on what was loaded (printed).
+    """
 
     module: nn.Module
     categories: list[str]
     scripted: bool = False
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    hugging_face: bool = False
+    summary: str = ""
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's (N, classes) scores of ``x``."""
+        from captum_fdcam._core.validation import model_scores
+
+        return model_scores(self.module(x))
+
+    def scoring(self, layer: str | None) -> tuple[nn.Module, str | None]:
+        """The model as Quantus's metrics call it, returning its scores (a Hugging Face
+        model's logits), and the layer's name in that model."""
+        if not self.hugging_face:
+            return self.module, layer
+        from captum_fdcam.hub import SCORES_PREFIX, scores_module
+
+        return scores_module(self.module), None if layer is None else SCORES_PREFIX + layer
 
 
 def _class_names(n: int) -> list[str]:
-    from captum_fdcam.models import imagenet_categories
+    from captum_fdcam.hub import class_names
 
-    return imagenet_categories() if n == 1000 else [f"class {i}" for i in range(n)]
+    return class_names(n)
 
 
 def load_model(
-    spec: str, weights: Path | None, num_classes: int, device: torch.device
+    spec: str,
+    weights: Path | None,
+    num_classes: int | None,
+    device: torch.device,
+    image_size: int | None = None,
 ) -> LoadedModel:
     """The offline EfficientNet-Lite0, a torchvision architecture with a local state
-    dict, or a TorchScript file."""
+    dict, a TorchScript file, a timm model with a local state dict (``timm:NAME``) or a
+    Hugging Face ``save_pretrained`` folder (``hf:DIR``); ``num_classes`` and
+    ``image_size`` as given on the command line (None: not given)."""
     import torch
 
+    if is_hub_model(spec):
+        from captum_fdcam.hub import load_hub_model
+
+        hub = load_hub_model(spec, weights, num_classes, device, image_size)
+        return LoadedModel(
+            hub.module,
+            hub.categories,
+            preprocessing=hub.preprocessing,
+            hugging_face=hub.hugging_face,
+            summary=hub.summary,
+        )
     if spec == OFFLINE_MODEL:
         if weights is not None:
             raise CliError(f"--weights is for torchvision architectures, not {OFFLINE_MODEL}")
@@ -177,27 +222,15 @@ def load_model(
     if spec not in torchvision.models.list_models(module=torchvision.models):
         raise CliError(
             f"unknown model {spec!r}: use {OFFLINE_MODEL}, a torchvision classification "
-            "architecture (resnet50, vgg16_bn, ...) with --weights, or a TorchScript file"
+            "architecture (resnet50, vgg16_bn, ...) with --weights, a TorchScript file, "
+            "timm:NAME with --weights, or hf:DIR (a save_pretrained folder)"
         )
     if weights is None:
         raise CliError(f"--model {spec} needs --weights FILE (a local state dict; no downloads)")
-    if not weights.is_file():
-        raise CliError(f"no such weights file: {weights}")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    # A text file, a truncated archive or a pickled model each fail differently inside
-    # torch.load (KeyError, RuntimeError, UnpicklingError, EOFError, ...).
-    except Exception as err:
-        raise CliError(
-            f"--weights {weights} is not a PyTorch checkpoint: {_first_line(err)}"
-        ) from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CliError(
-            f"--weights {weights} holds a {type(state).__name__}, not a state dict "
-            "(save model.state_dict())"
-        )
+    from captum_fdcam.hub import read_state_dict
+
+    state = read_state_dict(weights)
+    num_classes = 1000 if num_classes is None else num_classes
     model = torchvision.models.get_model(spec, weights=None, num_classes=num_classes)
     try:
         model.load_state_dict(state)
@@ -208,29 +241,64 @@ def load_model(
 
 
 def resolve_layer(model: LoadedModel, name: str | None) -> str | None:
-    """The layer's module name: as given (checked), or the default, printed; None for a
-    TorchScript model, which has no named layer to hook (only input methods run on it)."""
+    """The layer's module name, as the model names it: as given (checked), or the
+    default of the model's family (:func:`captum_fdcam.architectures.default_layer`);
+    None for a TorchScript model, which has no named layer to hook (only input methods
+    run on it)."""
     from captum_fdcam.evaluation.explainer import default_layer_name, find_layer
 
     if model.scripted:
         return None
     try:
         found = default_layer_name(model.module) if name is None else name
-        module = find_layer(model.module, found)
+        find_layer(model.module, found)
     except ValueError as err:
         raise CliError(str(err)) from err
-    if name is None:
-        print(f"layer: {found} ({type(module).__name__}; default, pass --layer to change)")
     return found
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the CAMs read the layer's output (``reshape_transform="auto"``): the
+    transform (None for an (N, C, h, w) map) and the map's (h, w)."""
+
+    transform: Any
+    grid: tuple[int, int]
+
+    def describe(self) -> str:
+        from captum_fdcam.reshape import TokensToGrid
+
+        size = f"{self.grid[0]}x{self.grid[1]} map"
+        if self.transform is None:
+            return f"a {size}"
+        kind = "tokens" if isinstance(self.transform, TokensToGrid) else "channels last,"
+        return f"{kind} read as a {size}: {self.transform!r}"
+
+
+def describe_layer(model: LoadedModel, layer: str, given: bool, layout: Layout | None) -> str:
+    """The printed line: the layer, why it was chosen, and how it is read."""
+    from captum_fdcam.architectures import default_layer
+
+    kind = type(model.module.get_submodule(layer)).__name__
+    if not given:
+        kind += f"; {default_layer(model.module).reason}, default; pass --layer to change"
+    return f"layer: {layer} ({kind})" + (f", {layout.describe()}" if layout else "")
 
 
 def probe_model(
     model: LoadedModel, layer: str | None, size: int, device: torch.device, needs_map: bool
-) -> None:
+) -> Layout | None:
     """Runs the model once on a blank ``size`` x ``size`` image: the size must suit the
-    model, the output must be (1, classes), and, for layer methods, the layer must give
-    one 4-D (1, C, h, w) map per forward pass. Sets a TorchScript model's classes."""
+    model, the output must be (1, classes) (a Hugging Face model's logits), and, for
+    layer methods, the layer must run once per forward pass and give a map the CAMs can
+    read (:class:`captum_fdcam.architectures.AutoLayout`: (N, C, h, w), channels last,
+    or a transformer's tokens), which is returned. Sets a TorchScript model's classes."""
     import torch
+
+    from captum_fdcam._core.validation import model_scores
+    from captum_fdcam.architectures import AutoLayout
+    from captum_fdcam.errors import FeatureMapError, ModelOutputError
+    from captum_fdcam.reshape import ChannelsLastToFirst, TokensToGrid
 
     shapes: list[tuple[int, ...] | str] = []
 
@@ -255,6 +323,8 @@ def probe_model(
     finally:
         if hook is not None:
             hook.remove()
+    with contextlib.suppress(ModelOutputError):  # reported as not (N, classes) below
+        out = model_scores(out)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise CliError(f"the model's output is {got}, not (N, classes) scores of a classifier")
@@ -263,7 +333,7 @@ def probe_model(
     elif out.shape[1] != len(model.categories):
         raise CliError(f"the model gives {out.shape[1]} scores for {len(model.categories)} classes")
     if hook is None:
-        return
+        return None
     if not shapes:
         raise CliError(f"--layer {layer} is not run by the model's forward pass")
     if len(shapes) > 1:
@@ -272,16 +342,32 @@ def probe_model(
             "need a layer that runs once"
         )
     (shape,) = shapes
-    if isinstance(shape, str) or len(shape) != 4:
+    if isinstance(shape, str) or len(shape) not in (3, 4):
         raise CliError(
-            f"--layer {layer} gives {shape}, not a 4-D (N, C, H, W) feature map: choose a "
-            "convolutional layer"
+            f"--layer {layer} gives {shape}, not a 4-D (N, C, H, W) feature map or (N, T, C) "
+            "tokens: choose a convolutional layer or a transformer block's norm"
         )
-    if min(shape[2:]) < 1:
+    assert layer is not None  # a hook was set on it
+    try:
+        auto = AutoLayout(model.module, model.module.get_submodule(layer), (size, size))
+        transform = auto.resolve(shape)
+    except FeatureMapError as err:
         raise CliError(
-            f"--layer {layer} gives a {shape[2]} x {shape[3]} map at --image-size {size}: "
+            f"--layer {layer}: {_first_line(err)} (the command reads layers as "
+            "reshape_transform='auto' does: choose another --layer)"
+        ) from err
+    if isinstance(transform, TokensToGrid):
+        grid = tuple(transform.grid_size)
+    elif isinstance(transform, ChannelsLastToFirst):
+        grid = shape[1:3]
+    else:
+        grid = shape[2:]
+    if min(grid) < 1:
+        raise CliError(
+            f"--layer {layer} gives a {grid[0]} x {grid[1]} map at --image-size {size}: "
             "use larger images or an earlier layer"
         )
+    return Layout(transform, (int(grid[0]), int(grid[1])))
 
 
 _MODEL_ARGUMENTS = {"forward_func", "model"}
@@ -357,12 +443,31 @@ def prepare_model(
     args: argparse.Namespace, methods: dict[str, bool], device: torch.device
 ) -> tuple[LoadedModel, str | None]:
     """The model and the layer's module name (None for TorchScript) of explain and
-    evaluate, both checked."""
-    model = load_model(args.model, args.weights, args.num_classes, device)
+    evaluate, both checked; the model's preprocessing at ``--image-size`` if given.
+    Prints what was chosen: a hub model's checkpoint, the default layer, a layout."""
+    model = load_model(args.model, args.weights, args.num_classes, device, args.image_size)
     check_scripted(methods, model.scripted)
+    size = args.image_size or model.preprocessing.size
+    model.preprocessing = replace(model.preprocessing, size=size)
     layer = resolve_layer(model, args.layer)
-    probe_model(model, layer, args.image_size, device, any(methods.values()))
+    layout = probe_model(model, layer, size, device, any(methods.values()))
+    if model.summary:
+        print(f"model: {model.summary}; images: {model.preprocessing.describe()}")
+    if layer is not None and (args.layer is None or (layout and layout.transform is not None)):
+        print(describe_layer(model, layer, args.layer is not None, layout))
     return model, layer
+
+
+@contextlib.contextmanager
+def _method_errors(method: str) -> Iterator[None]:
+    """The library's errors of a method on this model (a module FG-CAM cannot propagate
+    through, ...) as the command's one-line errors."""
+    from captum_fdcam.errors import CamError
+
+    try:
+        yield
+    except CamError as err:
+        raise CliError(f"{method}: {_first_line(err)}") from err
 
 
 def _slug(name: str) -> str:
@@ -398,26 +503,29 @@ def run_explain(args: argparse.Namespace) -> list[Path]:
     import torch
 
     from captum_fdcam.evaluation.explainer import explain
-    from captum_fdcam.models import denormalize, preprocess
     from captum_fdcam.visualization import comparison_figure, overlay_figure
 
-    out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rows = []
     for path in _progress(paths, not args.quiet, "images"):
-        x = preprocess(read_image(path), size=args.image_size).to(device)
+        x = model.preprocessing.apply(read_image(path)).to(device)
         with torch.no_grad():
-            probs = model.module(x).softmax(dim=-1)[0]
+            probs = model.scores(x).softmax(dim=-1)[0]
         target = int(probs.argmax()) if args.target is None else args.target
         label = f"{model.categories[target]} ({probs[target]:.1%})"
         print(f"{path.name}: class {target}, {label}")
         maps = {}
         for method in args.methods:
-            a = explain(model.module, x, [target], method=method, layer=layer, device=device)
+            with _method_errors(method):
+                a = explain(model.module, x, [target], method=method, layer=layer, device=device)
             maps[method] = a[0, 0]
+        # Created once the first image's maps exist: a method that cannot explain this
+        # model (FG-CAM through a transformer's attention, ...) leaves nothing written.
+        out.mkdir(parents=True, exist_ok=True)
+        for method, values in maps.items():
             written.append(out / f"{path.stem}.{_slug(method)}.npy")
-            np.save(written[-1], maps[method])
-        image = denormalize(x)[0].permute(1, 2, 0).cpu().numpy()
+            np.save(written[-1], values)
+        image = model.preprocessing.undo(x)[0].permute(1, 2, 0).cpu().numpy()
         title = f"{path.name}: {label}"
         written.append(
             overlay_figure(image, maps, out / f"{path.stem}.png", title=title, layer=layer)
@@ -485,24 +593,32 @@ def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
     from captum_fdcam.evaluation.scoring import Job, score
-    from captum_fdcam.models import preprocess
 
-    jobs = [Job(m, m, layer, metrics=tuple(args.metrics)) for m in args.methods]
-    out.mkdir(parents=True, exist_ok=True)
+    # Quantus's metrics call the model and need its scores as a tensor; the layer is
+    # named in that model (a Hugging Face model's is a wrapper that returns its logits).
+    scorer, scored_layer = model.scoring(layer)
+    jobs = [Job(m, m, scored_layer, metrics=tuple(args.metrics)) for m in args.methods]
     records = []
-    with (out / "scores.jsonl").open("w") as handle:
+    with contextlib.ExitStack() as stack:
+        handle = None
         for path in _progress(paths, not args.quiet, "images"):
-            x = preprocess(read_image(path), size=args.image_size).to(device)
+            x = model.preprocessing.apply(read_image(path)).to(device)
             if targets is None:
                 with torch.no_grad():
-                    y = model.module(x).argmax(dim=-1).cpu().numpy()
+                    y = scorer(x).argmax(dim=-1).cpu().numpy()
             else:
                 y = np.array([targets[path]])
+            lines = []
             for job in jobs:
-                scores = score(model.module, job, x.cpu().numpy(), y)
+                with _method_errors(job.name):
+                    scores = score(scorer, job, x.cpu().numpy(), y)
                 record = {"table": "evaluate", "method": job.name, "item": path.name}
                 records.append({**record, "scores": scores})
-                handle.write(json.dumps(records[-1]) + "\n")
+                lines.append(json.dumps(records[-1]) + "\n")
+            if handle is None:  # once the first image is scored, as for explain
+                out.mkdir(parents=True, exist_ok=True)
+                handle = stack.enter_context((out / "scores.jsonl").open("w"))
+            handle.writelines(lines)
     tables = summarise(records)
     (out / "scores.json").write_text(json.dumps(tables, indent=1))
     source = f"labels from {labels}" if labels else "the model's top class as target"
@@ -569,20 +685,28 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=OFFLINE_MODEL,
         help=f"{OFFLINE_MODEL} (default: the offline pretrained ImageNet model), a "
-        "torchvision architecture name with --weights, or a TorchScript file",
+        "torchvision architecture name with --weights, a TorchScript file, timm:NAME (a "
+        "timm architecture, resnet50, vit_base_patch16_224, ...) with --weights, or "
+        "hf:DIR (a folder written by a Hugging Face image classifier's save_pretrained); "
+        "nothing is downloaded",
     )
     parser.add_argument(
         "--weights",
         type=Path,
-        help="state dict for a torchvision architecture (default: none; needed with one)",
+        help="state dict (.pth, .pt or .safetensors) for a torchvision or timm: "
+        "architecture (default: none; needed with one)",
     )
     parser.add_argument(
-        "--num-classes", type=_positive_int, default=1000, help="classes of the torchvision model"
+        "--num-classes",
+        type=_positive_int,
+        help="classes of the torchvision model (default: 1000; timm: and hf: models read "
+        "theirs from the checkpoint)",
     )
     parser.add_argument(
         "--layer",
-        help="module name of the layer to explain (default: the model's head_activation, "
-        "else its last Conv2d; printed)",
+        help="module name of the layer to explain, as the model names it (default: by "
+        "family: the offline model's head_activation, a ViT's last block's first norm, "
+        "Swin's final norm, ConvNeXt's last stage, else the last Conv2d; printed)",
     )
     parser.add_argument(
         "--methods",
@@ -597,8 +721,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size",
         type=_positive_int,
-        default=224,
-        help="images are resized to SIZE * 256 / 224 and centre-cropped to SIZE",
+        help="images are resized to SIZE * 256 / 224 and centre-cropped to SIZE, then "
+        "normalised with ImageNet's mean and std (default: 224); timm: and hf: models "
+        "take their checkpoint's size, crop share, mean and std, SIZE replacing the size",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

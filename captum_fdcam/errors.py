@@ -67,6 +67,16 @@ class UnsupportedModuleError(CamError, TypeError):
     attention, or an output that is not one tensor)."""
 
 
+class DefaultLayerWarning(UserWarning):
+    """A call without a layer explains the layer chosen for the model's family (see
+    :func:`captum_fdcam.architectures.default_layer`); the warning names it."""
+
+
+class ConstantMapWarning(UserWarning):
+    """An attribution's map is the same value everywhere for some examples: it ranks no
+    pixel above another. The warning names the examples."""
+
+
 class CliError(Exception):
     """A mistake in a command's arguments or files (``captum-fdcam``, ``python -m
     captum_fdcam.benchmark``): printed as one line on stderr, exit code 2. Not a
@@ -85,6 +95,8 @@ __all__ = [
     "CamError",
     "CliArgumentParser",
     "CliError",
+    "ConstantMapWarning",
+    "DefaultLayerWarning",
     "FeatureMapError",
     "GradientsDisabledError",
     "InputError",

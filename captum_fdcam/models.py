@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,13 +199,24 @@ def read_rgb(path: str | Path) -> Image.Image:
         return to_rgb(image)
 
 
-def preprocess(image: Image.Image | Any, size: int = 224) -> Tensor:
+def preprocess(
+    image: Image.Image | Any,
+    size: int = 224,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    crop_fraction: float = 224 / 256,
+) -> Tensor:
     """The usual ImageNet preprocessing: resize 256, centre crop 224, mean/std.
 
     Args:
         image: a PIL image or an (H, W, 3) or (H, W) uint8 or uint16 array; greyscale
             is converted to RGB, 16-bit images scaled to 8 bits (:func:`to_rgb`).
-        size: the crop size (the resize is ``size * 256 / 224``).
+        size: the crop size (the resize is ``size / crop_fraction``).
+        mean: per-channel mean subtracted (of values in [0, 1]). Default: ImageNet's
+        std: per-channel standard deviation divided by. Default: ImageNet's
+        crop_fraction: the share of the resized shorter side the centre crop keeps
+            (timm's ``crop_pct``). Default: 224 / 256
 
     Returns:
         (1, 3, size, size) float tensor.
@@ -219,20 +231,23 @@ def preprocess(image: Image.Image | Any, size: int = 224) -> Tensor:
     transform = v2.Compose(
         [
             v2.ToImage(),
-            v2.Resize(round(size * 256 / 224), antialias=True),
+            v2.Resize(round(size / crop_fraction), antialias=True),
             v2.CenterCrop(size),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            v2.Normalize(list(mean), list(std)),
         ]
     )
     return transform(to_rgb(image)).unsqueeze(0)
 
 
-def denormalize(x: Tensor) -> Tensor:
-    """Inverse of :func:`preprocess`'s normalisation: (N, 3, H, W) in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x * std + mean).clamp(0, 1)
+def denormalize(
+    x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Tensor:
+    """Inverse of :func:`preprocess`'s normalisation (with the same ``mean`` and
+    ``std``): (N, 3, H, W) in [0, 1]."""
+    mean_ = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std_ = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * std_ + mean_).clamp(0, 1)
 
 
 def imagenet_categories() -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from numbers import Integral
 
+import torch
 from torch import Tensor
 
 from captum_fdcam._core.validation import check_integer, python_scalar
@@ -77,6 +78,23 @@ class TokensToGrid:
         grid = tokens[:, self.prefix_tokens :].reshape(n, h, w, channels)
         return grid.permute(0, 3, 1, 2)
 
+    def switch_channels(self, tokens: Tensor, keep: Tensor) -> Tensor:
+        """(M, P + h w, C) copies of ``tokens`` (1, P + h w, C) with the channels of the
+        patch tokens kept where ``keep`` (M, C) is True and 0 elsewhere; the prefix
+        tokens keep their values (as :meth:`inverse` of the switched map gives them)."""
+        rows = keep.shape[0]
+        prefix = tokens[:, : self.prefix_tokens].expand(rows, -1, -1)
+        patches = tokens[:, self.prefix_tokens :] * keep[:, None, :].to(tokens.dtype)
+        return torch.cat([prefix, patches], dim=1)
+
+    def inverse(self, tokens: Tensor, grid: Tensor) -> Tensor:
+        """``tokens`` (1 or M, P + h w, C) repeated for each map of ``grid`` (M, C, h, w),
+        the patch tokens replaced by the map's values; the prefix tokens keep theirs."""
+        rows = grid.shape[0]
+        prefix = tokens[:, : self.prefix_tokens].expand(rows, -1, -1)
+        patches = grid.flatten(2).transpose(1, 2).to(tokens.dtype)
+        return torch.cat([prefix, patches], dim=1)
+
     def __repr__(self) -> str:
         return f"TokensToGrid(prefix_tokens={self.prefix_tokens}, grid_size={self.grid_size})"
 
@@ -90,6 +108,16 @@ class ChannelsLastToFirst:
                 f"ChannelsLastToFirst expects (N, h, w, C), got shape {tuple(x.shape)}."
             )
         return x.permute(0, 3, 1, 2)
+
+    def switch_channels(self, x: Tensor, keep: Tensor) -> Tensor:
+        """(M, h, w, C) copies of ``x`` (1, h, w, C) with the channels kept where ``keep``
+        (M, C) is True and 0 elsewhere: made in the layer's own layout, with no permute."""
+        return x * keep[:, None, None, :].to(x.dtype)
+
+    def inverse(self, x: Tensor, grid: Tensor) -> Tensor:
+        """Maps ``grid`` (M, C, h, w) back to the layer's (M, h, w, C) layout (``x``, the
+        layer's own output, gives the dtype)."""
+        return grid.permute(0, 2, 3, 1).to(x.dtype).contiguous()
 
     def __repr__(self) -> str:
         return "ChannelsLastToFirst()"

@@ -286,3 +286,159 @@ def curves_figure(
     ax.legend(fontsize=6)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _draw_boxes(
+    ax: Any,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray | None,
+    class_names: Sequence[str] | Mapping[int, str] | None,
+    explained: int | None,
+) -> None:
+    """Boxes (x1, y1, x2, y2) with their label (and score) above them; label -1 (the
+    padding of :meth:`~captum_fdcam.DetectionTarget.detections`) is skipped. The
+    explained box is drawn thicker, the others thinner and dashed, so that a reader sees
+    which detection the map explains."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    colours = colormaps["tab10"]
+    height = abs(ax.get_ylim()[0] - ax.get_ylim()[1])  # the image's, as imshow set it
+    for b, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels, strict=True)):
+        if label < 0:
+            continue
+        name = str(class_names[int(label)]) if class_names is not None else str(int(label))
+        text = name if scores is None else f"{name} {float(scores[b]):.2f}"
+        colour = colours(int(label) % 10)
+        bold = explained is None or b == explained
+        ax.add_patch(
+            Rectangle(
+                (x1, y1),
+                x2 - x1,
+                y2 - y1,
+                fill=False,
+                edgecolor=colour,
+                linewidth=2.0 if bold else 1.0,
+                linestyle="-" if bold else "--",
+                label=text,
+            )
+        )
+        if bold:
+            # Above the box, or inside it at the image's top edge (above, it would cover
+            # the panel's title).
+            inside = y1 < 0.08 * height
+            ax.text(
+                x1,
+                y1,
+                text,
+                fontsize=7,
+                color="white",
+                va="top" if inside else "bottom",
+                bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.0},
+            )
+
+
+def _as_array(values: Tensor | np.ndarray | Sequence[Any]) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def build_detection_figure(
+    image: np.ndarray,
+    maps: Mapping[str, Tensor | np.ndarray],
+    boxes: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray | Sequence[int],
+    scores: Tensor | np.ndarray | Sequence[float] | None = None,
+    *,
+    explained: Mapping[str, int] | None = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    title: str | None = None,
+    alpha: float = 0.5,
+    max_columns: int = 5,
+    layer: str | None = None,
+) -> Figure:
+    """The figure of :func:`detection_figure`, not yet written (for callers that add to
+    it)."""
+    box_array = _as_array(boxes).reshape(-1, 4)
+    label_array = _as_array(labels).reshape(-1)
+    score_array = None if scores is None else _as_array(scores).reshape(-1)
+    if len(label_array) != len(box_array) or (
+        score_array is not None and len(score_array) != len(box_array)
+    ):
+        raise ValueError(
+            f"detection_figure needs one label (and score) per box: got {len(box_array)} "
+            f"boxes, {len(label_array)} labels"
+            + ("" if score_array is None else f", {len(score_array)} scores")
+            + "."
+        )
+    explained = dict(explained or {})
+    unknown = set(explained) - set(maps)
+    if unknown:
+        raise ValueError(f"explained names panels {sorted(unknown)} that maps does not have.")
+    # The layout of build_overlay_figure, with the boxes drawn on every panel.
+    panels = [("input", None), *maps.items()]
+    columns = min(len(panels), max_columns)
+    rows = -(-len(panels) // columns)
+    fig, axes = figure_grid(rows, columns, (2.6 * columns, 2.8 * rows + 0.5))
+    for ax, (name, cam) in zip(axes.flat, panels, strict=False):
+        _overlay(ax, image, cam, alpha)
+        _draw_boxes(ax, box_array, label_array, score_array, class_names, explained.get(name))
+        ax.set_title(name)
+    finish_figure(fig, axes, title, layer=layer)
+    return fig
+
+
+def detection_figure(
+    image: np.ndarray,
+    maps: Mapping[str, Tensor | np.ndarray],
+    boxes: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray | Sequence[int],
+    path: str | Path,
+    scores: Tensor | np.ndarray | Sequence[float] | None = None,
+    *,
+    explained: Mapping[str, int] | None = None,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    title: str | None = None,
+    alpha: float = 0.5,
+    max_columns: int = 5,
+    layer: str | None = None,
+) -> Path:
+    """Writes a figure for a detector: the photo with the boxes, then the photo overlaid
+    with each map and the boxes, and a colour bar saying what the colours mean
+    (:data:`OVERLAY_SCALE`).
+
+    Args:
+        image: (H, W, 3) RGB image in [0, 1], the one the detector saw.
+        maps: panel title -> (1, 1, H, W) or (H, W) map at the image's size.
+        boxes: (B, 4) boxes (x1, y1, x2, y2) in the image's pixels, e.g. one image's
+            row of :meth:`~captum_fdcam.DetectionTarget.detections`.
+        labels: (B,) class labels; boxes labelled -1 (padding) are not drawn.
+        path: where to write the figure (PNG); parent folders are created.
+        scores: optional (B,) scores, written after the labels.
+        explained: panel title -> index of the box its map explains: that box is drawn
+            with its label, the others thin and dashed. Default: every box alike.
+        class_names: names of the labels (a sequence indexed by label, or a mapping).
+        title: optional figure title.
+        alpha: opacity of the heat map.
+        max_columns: panels per row; more panels wrap to further rows.
+        layer: name of the layer the maps explain, written under the title.
+
+    Returns:
+        The path written.
+    """
+    fig = build_detection_figure(
+        image,
+        maps,
+        boxes,
+        labels,
+        scores,
+        explained=explained,
+        class_names=class_names,
+        title=title,
+        alpha=alpha,
+        max_columns=max_columns,
+        layer=layer,
+    )
+    return save_figure(fig, path)

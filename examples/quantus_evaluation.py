@@ -4,7 +4,8 @@ Photos: public-domain images shipped inside scikit-image and matplotlib that the
 offline EfficientNet-Lite0 classifies with some confidence (chelsea: Egyptian cat,
 coffee: espresso, rocket: missile, camera: tripod, motorcycle: moped, Grace Hopper:
 mortarboard); each is explained for the model's top class. Methods go through
-``captum_fdcam.evaluation.explain`` at ``model.head_activation``: Grad-CAM, FD-CAM,
+``captum_fdcam.evaluation.evaluate`` (``quantus.evaluate``, one
+``captum_fdcam.evaluation.Explainer`` per method) at ``model.head_activation``: Grad-CAM, FD-CAM,
 Layer-CAM and FG-Grad-CAM (FG-CAM at the input). Metrics: this library's
 ``Insertion`` (higher is better), ``Deletion`` (lower), ``AverageDrop`` (lower) and
 Quantus's own ``PixelFlipping`` (the class probability as the most relevant pixels
@@ -38,7 +39,14 @@ import numpy as np
 import quantus
 import torch
 
-from captum_fdcam.evaluation import AverageDrop, Deletion, Insertion, curve_auc, explain
+from captum_fdcam.evaluation import (
+    AverageDrop,
+    Deletion,
+    Explainer,
+    Insertion,
+    curve_auc,
+    evaluate,
+)
 from captum_fdcam.models import efficientnet_lite0, imagenet_categories, preprocess
 
 FULL_METHODS = ("Grad-CAM", "FD-CAM", "Layer-CAM", "FG-Grad-CAM")
@@ -141,17 +149,18 @@ def main(argv: list[str] | None = None) -> EvaluationResult:
         print(f"{name:<13s} {categories[t]:<20s} p = {p.item():.3f}")
 
     methods = SMALL_METHODS if args.small else FULL_METHODS
-    results = quantus.evaluate(
+    # quantus.evaluate's arguments; a failing metric stops it with an error naming the
+    # method and the metric (quantus.evaluate itself prints it and goes on).
+    results = evaluate(
         metrics=metrics(args.small),
-        # A callable per method: quantus.evaluate passes the key as ``method=``.
-        xai_methods=dict.fromkeys(methods, explain),
-        explain_func_kwargs={"layer": "head_activation", "batch_size": 8},
+        # An Explainer per method, which could bind options of its own (method_kwargs,
+        # another layer, ...): see docs/evaluation.md, "Suites with quantus.evaluate".
+        xai_methods={name: Explainer(name) for name in methods},
+        explain_func_kwargs={"layer": "head_activation", "batch_size": 8},  # shared
         model=model,
         x_batch=x.numpy(),
         y_batch=targets.numpy(),
         agg_func=mean_score,
-        # A failing metric is printed and skipped by quantus.evaluate, which then fails
-        # with a KeyError naming this call_kwargs set: read the message above it.
         call_kwargs={"cpu": {"device": "cpu", "batch_size": 64}},
     )
 

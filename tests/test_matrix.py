@@ -91,7 +91,7 @@ from conftest import SmallCNN
 from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 
-from captum_fdcam import CLRP, METHODS, SGLRP, FGCam, LayerFGCam, PropagationLRP
+from captum_fdcam import CLRP, METHODS, SGLRP, FeatureMapError, FGCam, LayerFGCam, PropagationLRP
 from captum_fdcam.registry import cam_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -563,12 +563,22 @@ def test_matrix(
     kwargs: dict[str, Any] = {"relu_attributions": True}
     if _perturbs(variant.base):
         kwargs["perturbations_per_eval"] = 256
+    if variant.base in MASKING and prepared.sizes[prepared.spec.layers[kind]] == (1, 1):
+        # Every mask of a 1 x 1 map is empty, every weight 0: a clear error rather than
+        # the all-zero map these cells gave before.
+        x = make_input(prepared.spec, combo, combo.batch)
+        with pytest.raises(FeatureMapError, match="1 x 1"):
+            attribution.attribute(x, target=combo.target(prepared.spec.num_classes), **kwargs)
+        prepared.assert_unchanged()
+        return
     attr = run_and_check(
         prepared, attribution.attribute, combo, (combo.batch, 1, *size), seed=combo.batch, **kwargs
     )
     assert (attr >= 0).all()
 
 
+#: The CAMs that mask the input with the layer's channel maps.
+MASKING = frozenset({"Score-CAM", "Group-CAM"})
 LRP_METHODS = {"LRP": PropagationLRP, "CLRP": CLRP, "SGLRP": SGLRP}
 #: The small CNN's Tanh has no default LRP rule: relevance passes it unchanged, the way
 #: Captum's LRP is given a rule for such a module. No other model has a Tanh.

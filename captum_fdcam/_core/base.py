@@ -37,7 +37,7 @@ from torch.nn import Module
 
 import captum_fdcam
 from captum_fdcam._core.hooks import LayerCapture, run_eagerly, uncompiled
-from captum_fdcam._core.layout import FeatureLayout, ReshapeTransform
+from captum_fdcam._core.layout import FeatureLayout, ReshapeSpec
 from captum_fdcam._core.perturbation import PerturbationEngine, check_perturbations_per_eval
 from captum_fdcam._core.replay import PreLayerRecorder
 from captum_fdcam._core.validation import (
@@ -46,11 +46,13 @@ from captum_fdcam._core.validation import (
     check_layer,
     check_no_script_modules,
     layer_name,
+    model_scores,
     owning_module,
     select_target_scores,
     target_rows,
 )
-from captum_fdcam.errors import LayerError, NonFiniteError
+from captum_fdcam.architectures import AUTO, AutoLayout
+from captum_fdcam.errors import ConstantMapWarning, FeatureMapError, LayerError, NonFiniteError
 
 #: Modules whose forward pass depends on ``training`` in a way that couples the rows of
 #: a batch (batch statistics) or makes passes random (dropout).
@@ -107,6 +109,34 @@ def warn_if_training(model: Module, method: str) -> None:
         RuntimeWarning,
         stacklevel=_caller_stacklevel(),
     )
+
+
+def _is_auto(transform: object) -> bool:
+    return isinstance(transform, str) and transform == AUTO
+
+
+def warn_constant_maps(maps: tuple[Tensor, ...], method: str) -> None:
+    """Says once, naming the examples, when a map is the same value everywhere: such a
+    map ranks no location above another, and nothing else would say so."""
+    for attr in maps:
+        if attr.dim() < 2 or attr[0].numel() < 1:
+            continue
+        flat = attr.detach().reshape(len(attr), -1)
+        low, high = flat.min(dim=1).values, flat.max(dim=1).values
+        constant = torch.nonzero(low == high).flatten().tolist()
+        if not constant:
+            continue
+        values = sorted({float(low[i]) for i in constant})
+        value = "all 0" if values == [0.0] else f"value {', '.join(f'{v:g}' for v in values[:3])}"
+        shown = constant if len(constant) <= 10 else [*constant[:10], "..."]
+        warnings.warn(
+            f"captum_fdcam: {method}'s map is constant ({value}) for example(s) {shown} of "
+            f"{len(attr)}: it ranks no location above another. Usually a 1 x 1 map at the "
+            "layer, channel weights that are all 0, or, with relu_attributions, no positive "
+            "evidence for the target at this layer.",
+            ConstantMapWarning,
+            stacklevel=_caller_stacklevel(),
+        )
 
 
 @contextmanager
@@ -237,7 +267,7 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
-        reshape_transform: ReshapeTransform | None = None,
+        reshape_transform: ReshapeSpec = None,
     ) -> None:
         r"""
         Args:
@@ -255,13 +285,19 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
                 only (reshape, permute, slicing), e.g.
                 :class:`captum_fdcam.reshape.TokensToGrid` for a vision transformer's
                 tokens or :class:`~captum_fdcam.reshape.ChannelsLastToFirst` for
-                Swin's maps. ``None``: the output is the feature map. Default: None
+                Swin's maps. ``"auto"``: read from the model (timm's
+                ``num_prefix_tokens`` and ``patch_embed``, torchvision's and Hugging
+                Face's ViTs, channels-last Swin and ConvNeXt stages; see
+                :mod:`captum_fdcam.architectures`), with a clear error where the model
+                does not say. ``None``: the output is the feature map. Default: None
         """
         check_layer(forward_func, layer)
-        if reshape_transform is not None and not callable(reshape_transform):
-            raise TypeError(
-                f"reshape_transform must be callable, got {type(reshape_transform).__name__}."
-            )
+        if reshape_transform is not None and not _is_auto(reshape_transform):
+            if isinstance(reshape_transform, str) or not callable(reshape_transform):
+                raise TypeError(
+                    f"reshape_transform must be callable, 'auto' or None, got "
+                    f"{reshape_transform!r}."
+                )
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         self.reshape_transform = reshape_transform
 
@@ -345,7 +381,12 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
         layer = self.layer
         forward_func = uncompiled(self.forward_func)
         name = layer_name(forward_func, layer)
-        layout = FeatureLayout(self.reshape_transform, name)
+        transform = self.reshape_transform
+        if _is_auto(transform):
+            image = formatted[0]
+            size = (image.shape[-2], image.shape[-1]) if image.dim() == 4 else None
+            transform = AutoLayout(owning_module(forward_func), layer, size)
+        layout = FeatureLayout(transform, name)
         capture_factory = partial(
             LayerCapture,
             layer,
@@ -366,6 +407,14 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
         with torch.set_grad_enabled(self.requires_gradients):
             scores = select_target_scores(output, target)
         raw = capture.activations
+        if any(a.shape[0] != len(formatted[0]) for a in raw):
+            raise FeatureMapError(
+                f"The {'input' if attribute_to_layer_input else 'output'} of layer {name} has "
+                f"{[a.shape[0] for a in raw]} rows for {len(formatted[0])} examples: a CAM "
+                "needs one row per example (this layer folds something else into the batch "
+                "dimension, as MobileViT's unfolded patches or a detector's boxes do); "
+                "explain a layer with one row per example."
+            )
         activations = tuple(layout.to_map(a) for a in raw)
         finite = torch.isfinite(scores.detach())
         if not finite.all():
@@ -423,7 +472,7 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
             per_map[0]["engine"] = PerturbationEngine(
                 forward_func=forward_func,
                 inputs=formatted,
-                output=output.detach(),
+                output=model_scores(output).detach(),
                 additional_forward_args=extra,
                 target_rows=None if target is None else target_rows(target, len(scores)),
                 perturbations_per_eval=check_perturbations_per_eval(perturbations_per_eval),
@@ -469,6 +518,7 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
                     if relu_attributions:
                         scaled = F.relu(scaled)
                     maps.append(scaled)
+        warn_constant_maps(tuple(maps), type(self).__name__)
         return _format_output(len(maps) > 1, tuple(maps))
 
     @log_usage()
@@ -560,7 +610,7 @@ class GradientLayerCam(WeightedLayerCam[GradientCamState], GradientAttribution):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
-        reshape_transform: ReshapeTransform | None = None,
+        reshape_transform: ReshapeSpec = None,
     ) -> None:
         LayerCamBase.__init__(
             self, forward_func, layer, device_ids, reshape_transform=reshape_transform
@@ -581,7 +631,7 @@ class _PerturbationAttribute(LayerCamBase[StateT]):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
-        reshape_transform: ReshapeTransform | None = None,
+        reshape_transform: ReshapeSpec = None,
     ) -> None:
         LayerCamBase.__init__(
             self, forward_func, layer, device_ids, reshape_transform=reshape_transform

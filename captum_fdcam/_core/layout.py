@@ -23,19 +23,27 @@ is refused with an error that says so.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, Union
 
 import torch
 from torch import Tensor
 
 from captum_fdcam.errors import FeatureMapError
+from captum_fdcam.reshape import ChannelsLastToFirst, TokensToGrid
 
 MOVES_ONLY = (
     "does more than move values (its output must be some of its input's values, each "
     "used once, rearranged: not scaled, combined or duplicated)"
 )
 
+#: The ready transforms of :mod:`captum_fdcam.reshape`, whose ``inverse`` from_map uses.
+_KNOWN = (ChannelsLastToFirst, TokensToGrid)
+
 #: A callable from the layer's output (or input) to an (N, C, h, w) feature map.
 ReshapeTransform = Callable[[Tensor], Tensor]
+#: What the CAMs' ``reshape_transform`` takes: a transform, ``"auto"`` (read from the
+#: model, see :mod:`captum_fdcam.architectures`) or ``None`` (the output is the map).
+ReshapeSpec = Union[ReshapeTransform, Literal["auto"], None]  # noqa: UP007 - a runtime alias
 
 
 class FeatureLayout:
@@ -70,13 +78,18 @@ class FeatureLayout:
         With a transform, the first call also derives the index map and checks that
         the transform moves values without changing them.
         """
+        resolve = getattr(self.transform, "resolve", None)
+        if callable(resolve) and self._source is None:
+            # reshape_transform="auto": the layout read from the model, for this output.
+            self.transform = resolve(tuple(raw.shape))
         if self.transform is None:
             if raw.dim() != 4:
                 raise FeatureMapError(
                     f"The {where} of layer {self.layer_name} has shape {tuple(raw.shape)}; "
                     "CAM methods need a 4-D (N, C, H, W) feature map: choose a "
-                    "convolutional layer, or pass reshape_transform (e.g. "
-                    "captum_fdcam.reshape.TokensToGrid() for a vision transformer's tokens)."
+                    "convolutional layer, or pass reshape_transform='auto' (the layout read "
+                    "from the model: a vision transformer's tokens, Swin's channels-last "
+                    "maps) or an explicit one such as captum_fdcam.reshape.TokensToGrid()."
                 )
             return
         if raw.dim() == 0:
@@ -136,11 +149,26 @@ class FeatureLayout:
         ``maps`` (M, C, h, w): switched copies in the layer's own layout."""
         if self.transform is None:
             return maps
+        if isinstance(self.transform, _KNOWN):
+            # The ready transforms know their inverse: a concatenation or a permute,
+            # cheaper than the index map's scatter (the same values: tested).
+            return self.transform.inverse(raw, maps)
         assert self._source is not None
         rows = maps.shape[0]
         out = raw.flatten(1).expand(rows, -1).clone()
         out[:, self._source] = maps.reshape(rows, -1).to(out.dtype)
         return out.view(rows, *raw.shape[1:])
+
+    def switched(self, raw: Tensor, activation: Tensor, keep: Tensor) -> Tensor:
+        """Channel-switched copies in the layer's own layout: ``raw`` (1, ...), the layer's
+        output of one example, whose map is ``activation`` (K, h, w), with the map's
+        channels kept where ``keep`` (M, K) is True and 0 elsewhere; (M, ...)."""
+        if isinstance(self.transform, _KNOWN):
+            # Masked where the channels are, in the layer's layout: no map to build and
+            # scatter back (a permute's copy cost Swin-T as much as its head).
+            return self.transform.switch_channels(raw, keep)
+        copies = activation[None] * keep[:, :, None, None].to(activation.dtype)
+        return self.from_map(raw, copies)
 
     def scatter(self, maps: Tensor, like: Tensor) -> Tensor:
         """``maps`` (N, C, h, w) put back in the layer's layout, 0 where the transform

@@ -26,19 +26,33 @@ from torch import Tensor
 from captum_fdcam._core.hooks import LayerCapture
 from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.replay import PreLayerRecorder, ReplayError, replay
-from captum_fdcam._core.validation import check_integer, select_target_scores
+from captum_fdcam._core.validation import (
+    check_integer,
+    model_scores,
+    owning_module,
+    select_target_scores,
+)
 from captum_fdcam.errors import ModelOutputError, NonFiniteError
 
-ScoreType = Literal["logit", "probability"]
+#: How a perturbed copy's target score is read from the model's output: the output as it
+#: is (``"logit"``), softmax over dimension 1 (``"probability"``), or an element-wise
+#: sigmoid (``"sigmoid"``, a multi-label model's per-label probability).
+ScoreType = Literal["logit", "probability", "sigmoid"]
+#: What the methods' ``score`` takes: a :data:`ScoreType`, or ``"auto"`` (see
+#: :meth:`PerturbationEngine.resolve_score`).
+ScoreOption = Literal["auto", "logit", "probability", "sigmoid"]
+_SCORES = ("auto", "logit", "probability", "sigmoid")
 
 
 class NonFiniteScoreError(NonFiniteError):
     """The model's target score on a perturbed copy is NaN or infinite."""
 
 
-def check_score_type(score: str) -> ScoreType:
-    if score not in ("logit", "probability"):
-        raise ValueError(f"score must be 'logit' or 'probability', got {score!r}.")
+def check_score_type(score: str, allowed: tuple[str, ...] = _SCORES) -> ScoreOption:
+    if score not in allowed:
+        raise ValueError(
+            f"score must be one of {', '.join(repr(s) for s in allowed)}, got {score!r}."
+        )
     return score  # type: ignore[return-value]
 
 
@@ -122,14 +136,42 @@ class PerturbationEngine:
             out.append(arg)
         return tuple(out)
 
-    def _scores(self, output: Tensor, sample: int, score: ScoreType) -> Tensor:
+    def resolve_score(self, score: ScoreOption) -> ScoreType:
+        """The score unit of this call: ``score`` itself, or for ``"auto"``:
+
+        - the ``default_score`` the model declares (an attribute of the module behind
+          ``forward_func``: the wrappers of :mod:`captum_fdcam.targets`, whose outputs
+          are the scores to explain, declare ``"logit"``);
+        - ``"logit"`` for a model with one output per example (a regression, a single
+          logit), where a softmax would be 1 for every input;
+        - ``"probability"`` otherwise (softmax over the classes, as the papers).
+
+        Raises:
+            ModelOutputError: ``"probability"`` asked for a model with one output.
+        """
+        per_example = self.output[0].numel() if self.output.dim() > 0 else 1
+        if score == "auto":
+            declared = getattr(owning_module(self.forward_func), "default_score", None)
+            if declared in ("logit", "probability", "sigmoid"):
+                score = declared
+            else:
+                score = "logit" if per_example == 1 else "probability"
+        if score == "probability" and (self.output.dim() < 2 or self.output.shape[1] == 1):
+            raise ModelOutputError(
+                f"score='probability' takes a softmax over dimension 1 of the model's output, "
+                f"which has shape {tuple(self.output.shape)}: with one output it is 1 for every "
+                "input and every weight is 0. Use score='logit' (the default 'auto' picks it "
+                "for one-output models) or score='sigmoid' for a binary or multi-label model."
+            )
+        return score
+
+    def _scores(self, output: Any, sample: int, score: ScoreType) -> Tensor:
+        output = model_scores(output)
         output = output.to(score_dtype(output.dtype))
         if score == "probability":
-            if output.dim() < 2:
-                raise ModelOutputError(
-                    "score='probability' needs a model output of shape (N, C, ...)."
-                )
             output = output.softmax(dim=1)
+        elif score == "sigmoid":
+            output = output.sigmoid()
         rows = None if self.target_rows is None else [self.target_rows[sample]] * len(output)
         scores = select_target_scores(output, rows)
         if not torch.isfinite(scores).all():
@@ -236,9 +278,11 @@ class PerturbationEngine:
             masks = unique[todo[start:stop]]
             if check:
                 masks = torch.cat([live[None], masks])
-            copies = activation[None] * masks[:, :, None, None].to(activation.dtype)
             if self.layout is not None and self.layer_output is not None:
-                copies = self.layout.from_map(self.layer_output[sample : sample + 1], copies)
+                raw = self.layer_output[sample : sample + 1]
+                copies = self.layout.switched(raw, activation, masks)
+            else:
+                copies = activation[None] * masks[:, :, None, None].to(activation.dtype)
             result = self._switched_forward(sample, copies, reference, score, check)
             if check:
                 result = result[1:]

@@ -12,23 +12,37 @@ this is done with global module hooks:
    these (detached; autograd keeps them alive during that pass anyway).
 2. For a batch of M switched copies, :func:`replay` calls ``forward_func`` on the
    example's inputs expanded to M rows (``expand``: no copy; models that read
-   their batch size from the input see M). Each recorded pre-layer call gets an
-   empty batch as input, so it computes nothing, and returns its recorded output
-   expanded to M rows; the layer returns the switched copies. Everything after the
-   layer, skip connections included, then runs on a batch of M.
+   their batch size from the input see M). Each recorded pre-layer call is
+   *skipped*: its module's ``forward`` does not run (nor any module inside it), and
+   the call returns its recorded output expanded to M rows; the layer's call returns
+   the switched copies. Everything after the layer, skip connections included, then
+   runs on a batch of M.
+
+Skipping a call needs the module's ``forward`` itself to stand aside (a hook cannot
+stop it): while a replay runs, each of those modules has a stand-in ``forward`` that
+answers for this thread's replay only and calls the module's own ``forward`` for
+every other caller, so other threads' passes run unchanged; the stand-ins are removed
+when the last replay using them ends. Hooks of the skipped modules still see their
+calls, with empty (0-row) inputs: the module computes nothing. (Feeding empty batches
+to the modules instead, as earlier versions did, fails where a model folds the batch
+into another dimension, ``x.view(-1, window, window, C)`` in Swin's window attention.)
 
 Where the model does something that replay cannot follow (a different call
-sequence, ops that fail on empty batches), :class:`ReplayError` is raised and the
-caller falls back to full forward passes.
+sequence, a recorded output it cannot rebuild), :class:`ReplayError` or the model's
+own error is raised and the caller falls back to full forward passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import copy
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.nn.modules.module import (
@@ -49,6 +63,8 @@ class _RecordedCall:
     module: Module
     parent: int | None
     before_layer: bool = False
+    #: Index of the first call after this one's last nested call (its subtree's end).
+    end: int = 0
 
 
 def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -140,6 +156,7 @@ class PreLayerRecorder(_GlobalHooks):
 
     def _post(self, module: Module, args: tuple[Any, ...], output: Any) -> None:
         index = self._stack.pop()
+        self.calls[index].end = len(self.calls)
         # A call whose output replay cannot rebuild runs again for the copies (on the
         # example's expanded inputs); its children are short-cut instead.
         if self.layer_call is None and _replayable(output):
@@ -164,6 +181,131 @@ class PreLayerRecorder(_GlobalHooks):
         return self.layer_call is not None
 
 
+# ------------------------------------------------------------- skipped forwards
+
+#: What a stand-in ``forward`` gets from the replay when the call must really run.
+_RUN = object()
+_MISSING = object()
+
+
+class _Local(threading.local):
+    replay: _Replay | None = None
+
+
+_ACTIVE = _Local()
+_STANDINS_LOCK = threading.Lock()
+
+
+@dataclass
+class _StandIn:
+    """A module's stand-in ``forward``: what its ``__dict__`` held before, and how many
+    replays (of any thread) use it."""
+
+    previous: Any
+    users: int = 0
+
+
+#: id(module) -> (module, its stand-in); shared by the threads (guarded by the lock).
+_STANDINS: dict[int, tuple[Module, _StandIn]] = {}
+
+
+class _StandInForward:
+    """``module``'s ``forward`` during replays: the recorded output for a call the
+    current thread's replay skips, the module's own ``forward`` otherwise.
+
+    Copies of the module made while it is installed must not call the original
+    module: :func:`without_stand_in` takes it out of a shallow copy (this library's
+    rules compute on those), and a deep copy or a pickle gets the copy's own ``forward``.
+    """
+
+    def __init__(self, module: Module, own: Callable[..., Any], previous: Any) -> None:
+        self.module = module
+        self.own = own
+        self.previous = previous
+        self.__wrapped__ = own  # inspect.signature(module.forward) stays the module's
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        active = _ACTIVE.replay
+        if active is not None:
+            output = active.skipped_output(self.module)
+            if output is not _RUN:
+                return output
+        return self.own(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        # The module being copied is already in the memo (copy reconstructs the object
+        # before its state): its copy gets what its __dict__ held before, or its own
+        # forward, never a stand-in that answers for the original.
+        if self.previous is not _MISSING:
+            return copy.deepcopy(self.previous, memo)
+        return _own_forward(memo.get(id(self.module), self.module))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.previous is not _MISSING:
+            return (_identity, (self.previous,))
+        return (_own_forward, (self.module,))
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _own_forward(module: Module) -> Any:
+    """``module``'s class ``forward`` bound to it: what ``module.forward`` is without a
+    stand-in."""
+    return type(module).forward.__get__(module)
+
+
+def without_stand_in(clone: Module) -> Module:
+    """A shallow copy of a module (``copy.copy``) without the stand-in ``forward`` it
+    may have copied from its original: calling it must compute with the copy's own
+    parameters."""
+    forward = clone.__dict__.get("forward")
+    if isinstance(forward, _StandInForward):
+        if forward.previous is _MISSING:
+            del clone.__dict__["forward"]
+        else:
+            clone.__dict__["forward"] = forward.previous
+    return clone
+
+
+def _can_stand_in(module: Module) -> bool:
+    # TorchScript modules keep ``forward`` in C++ (and run no Python hooks inside): they
+    # are fed empty batches instead.
+    return not isinstance(module, torch.jit.ScriptModule)
+
+
+@contextmanager
+def _stand_ins(modules: Sequence[Module]) -> Iterator[set[int]]:
+    """Installs the stand-in ``forward`` of each module (once, however many threads
+    replay), yields the ids of the modules that have one, and removes them when the last
+    user is done: nothing is left on the model."""
+    unique = {id(m): m for m in modules if _can_stand_in(m)}
+    with _STANDINS_LOCK:
+        for key, module in unique.items():
+            entry = _STANDINS.get(key)
+            if entry is None:
+                previous = module.__dict__.get("forward", _MISSING)
+                # Written into the instance's __dict__ (what nn.Module.__setattr__ does
+                # for a plain callable): Module.__call__ reads ``self.forward``.
+                module.__dict__["forward"] = _StandInForward(module, module.forward, previous)
+                _STANDINS[key] = entry = (module, _StandIn(previous))
+            entry[1].users += 1
+    try:
+        yield set(unique)
+    finally:
+        with _STANDINS_LOCK:
+            for key, module in unique.items():
+                stand_in = _STANDINS[key][1]
+                stand_in.users -= 1
+                if stand_in.users == 0:
+                    del _STANDINS[key]
+                    if stand_in.previous is _MISSING:
+                        module.__dict__.pop("forward", None)
+                    else:
+                        module.__dict__["forward"] = stand_in.previous
+
+
 class _Replay(_GlobalHooks):
     def __init__(
         self,
@@ -171,12 +313,14 @@ class _Replay(_GlobalHooks):
         sample: int,
         copies: Tensor,
         attribute_to_layer_input: bool,
+        skippable: set[int],
     ) -> None:
         self.recorder = recorder
         self.sample = sample
         self.copies = copies
         self.rows = copies.shape[0]
         self.to_input = attribute_to_layer_input
+        self.skippable = skippable
         self._count = 0
         self._stack: list[int] = []
 
@@ -188,28 +332,55 @@ class _Replay(_GlobalHooks):
     def _empty(self, t: Tensor) -> Tensor:
         return t[:0] if t.dim() > 0 and t.shape[0] == self.rows else t
 
-    def _pre(self, module: Module, args: tuple[Any, ...]) -> Any:
-        index = self._count
-        self._count += 1
-        calls = self.recorder.calls
-        if index >= len(calls) or calls[index].module is not module:
-            raise ReplayError("the forward pass did not repeat the recorded module calls")
-        self._stack.append(index)
-        if index == self.recorder.layer_call:
-            if self.to_input:
-                return (self.copies, *args[1:])
-            return _map_tensors(args, self._empty)
-        if index in self.recorder.outputs:
-            return _map_tensors(args, self._empty)
-        return None
-
-    def _post(self, module: Module, args: tuple[Any, ...], output: Any) -> Any:
-        index = self._stack.pop()
+    def _replaced(self, index: int) -> Any:
+        """What call ``index`` returns instead of running, or :data:`_RUN`."""
         if index == self.recorder.layer_call and not self.to_input:
             return self.copies
         if index in self.recorder.outputs:
             return _map_tensors(self.recorder.outputs[index], self._expand)
-        return None
+        return _RUN
+
+    def _pre(self, module: Module, args: tuple[Any, ...]) -> Any:
+        index = self._count
+        calls = self.recorder.calls
+        if index >= len(calls) or calls[index].module is not module:
+            raise ReplayError("the forward pass did not repeat the recorded module calls")
+        self._stack.append(index)
+        self._count = index + 1
+        if index == self.recorder.layer_call and self.to_input:
+            return (self.copies, *args[1:])
+        if self._replaced(index) is _RUN:
+            return None
+        if id(module) in self.skippable:
+            # Its forward will not run: neither will the calls nested in it.
+            self._count = calls[index].end
+        # Empty inputs: what the module's own hooks see (and what a module that cannot
+        # be skipped computes on).
+        return _map_tensors(args, self._empty)
+
+    def skipped_output(self, module: Module) -> Any:
+        """The output of the current call of ``module`` if this replay skips it."""
+        if not self._stack:
+            return _RUN
+        index = self._stack[-1]
+        if self.recorder.calls[index].module is not module:
+            return _RUN  # a direct ``module.forward(...)`` call, which no hook saw
+        return self._replaced(index)
+
+    def _post(self, module: Module, args: tuple[Any, ...], output: Any) -> Any:
+        index = self._stack.pop()
+        replaced = self._replaced(index)
+        return None if replaced is _RUN else replaced
+
+
+@contextmanager
+def _active(state: _Replay) -> Iterator[None]:
+    previous = _ACTIVE.replay
+    _ACTIVE.replay = state
+    try:
+        yield
+    finally:
+        _ACTIVE.replay = previous
 
 
 def replay(
@@ -219,12 +390,17 @@ def replay(
     copies: Tensor,
     attribute_to_layer_input: bool = False,
 ) -> Any:
-    """Runs ``forward()`` with the pre-layer calls short-cut and the layer's output
+    """Runs ``forward()`` with the pre-layer calls skipped and the layer's output
     (or input) replaced by ``copies`` (M, C, H, W) of example ``sample``.
 
     ``forward`` must call the model on the inputs of example ``sample`` expanded to
     M rows. Raises :class:`ReplayError` when the call sequence differs from the
     recorded one; other exceptions of the model propagate.
     """
-    with _Replay(recorder, sample, copies, attribute_to_layer_input):
-        return forward()
+    skipped = [recorder.calls[i].module for i in recorder.outputs]
+    if not attribute_to_layer_input and recorder.layer_call is not None:
+        skipped.append(recorder.calls[recorder.layer_call].module)
+    with _stand_ins(skipped) as skippable:
+        state = _Replay(recorder, sample, copies, attribute_to_layer_input, skippable)
+        with state, _active(state):
+            return forward()

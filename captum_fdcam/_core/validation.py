@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from typing import Any
 
@@ -219,20 +220,55 @@ def target_rows(target: TargetType, n: int) -> list[tuple[int, ...]]:
     return rows
 
 
-def select_target_scores(output: Tensor, target: TargetType) -> Tensor:
+def _fields(output: Any) -> list[str]:
+    """The names of what an output object holds, for messages."""
+    if isinstance(output, Mapping):
+        return [str(k) for k in output]
+    if dataclasses.is_dataclass(output):
+        return [f.name for f in dataclasses.fields(output)]
+    return [k for k in vars(output) if not k.startswith("_")] if hasattr(output, "__dict__") else []
+
+
+def model_scores(output: Any) -> Tensor:
+    """The model's scores as a tensor: the output itself, or the ``logits`` an output
+    object holds (Hugging Face's ``ModelOutput``: ``ImageClassifierOutput`` and the like;
+    any mapping or object with a ``logits`` tensor).
+
+    Raises:
+        ModelOutputError: anything else, with what to pass instead.
+    """
+    if isinstance(output, Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else None
+    if logits is None:
+        logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    fields = _fields(output)
+    held = f" (it holds {', '.join(fields)})" if fields else ""
+    raise ModelOutputError(
+        f"The model returned {type(output).__name__}{held}, not a tensor of scores or an "
+        "output with `logits`. Pass a model (an nn.Module, which FG-CAM needs) whose forward "
+        "returns the (N, ...) scores to explain, e.g. one that returns "
+        "`inner(x).pooler_output`; for embeddings see captum_fdcam.targets.SimilarityTarget."
+    )
+
+
+def select_target_scores(output: Any, target: TargetType) -> Tensor:
     """Picks each example's target score from the model output, checking the indices.
 
     Args:
-        output: model output of shape (N, ...).
+        output: model output of shape (N, ...), or an output object holding ``logits``
+            (see :func:`model_scores`).
         target: anything Captum's ``TargetType`` allows.
 
     Returns:
         Tensor of shape (N,): the score of each example's target.
     """
-    if not isinstance(output, Tensor) or output.dim() == 0:
+    output = model_scores(output)
+    if output.dim() == 0:
         raise ModelOutputError(
-            "The model must return a tensor with a batch dimension, got "
-            f"{type(output).__name__}{'' if not isinstance(output, Tensor) else ' scalar'}."
+            "The model must return a tensor with a batch dimension, got a scalar."
         )
     n = output.shape[0]
     if target is None:

@@ -2,6 +2,8 @@
 
 * an ``explain_func`` for Quantus that runs any method of this library or of Captum
   (:func:`explain`), and the papers' metrics Quantus lacks (:class:`Insertion`, ...);
+* several methods, each with its own options, in one ``quantus.evaluate`` call
+  (:class:`Explainer`, :func:`evaluate`);
 * what to score and one image's scores (:class:`Job`, :func:`make_metric`, :func:`score`),
   the metrics' directions and units (:data:`METRICS`);
 * summaries with bootstrap CIs, markdown tables and curve plots (:func:`summarise`,
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from captum_fdcam.evaluation.road import ROAD
     from captum_fdcam.evaluation.saliency import channel_sum
     from captum_fdcam.evaluation.scoring import Job, make_metric, score
+    from captum_fdcam.evaluation.suite import Explainer, evaluate
 
 _EXPORTS = {
     "IMAGE_SUFFIXES": "data",
@@ -83,6 +86,8 @@ _EXPORTS = {
     "Job": "scoring",
     "make_metric": "scoring",
     "score": "scoring",
+    "Explainer": "suite",
+    "evaluate": "suite",
 }
 
 __all__ = [
@@ -92,6 +97,7 @@ __all__ = [
     "AverageDrop",
     "AverageIncrease",
     "Deletion",
+    "Explainer",
     "GridMosaics",
     "GridPointingGame",
     "Insertion",
@@ -104,6 +110,7 @@ __all__ = [
     "channel_sum",
     "curve_auc",
     "default_layer_name",
+    "evaluate",
     "explain",
     "find_layer",
     "folder_images",

@@ -25,10 +25,14 @@ from captum.attr import Attribution, LayerAttribution
 from torch import Tensor, nn
 
 from captum_fdcam import registry
-from captum_fdcam._core.base import WeightedLayerCam
+from captum_fdcam._core.base import LayerCamBase, WeightedLayerCam
+from captum_fdcam.architectures import AUTO, default_layer
+from captum_fdcam.errors import DefaultLayerWarning
 from captum_fdcam.evaluation.memo import WeightsCache, digest
 from captum_fdcam.evaluation.saliency import channel_sum
 from captum_fdcam.methods.fine_grained import FGCam, LayerFGCam
+from captum_fdcam.methods.lrp import PropagationLRP
+from captum_fdcam.targets import Logits
 
 
 def method_class(method: str | type) -> type:
@@ -57,23 +61,20 @@ def method_class(method: str | type) -> type:
 
 
 def default_layer_name(model: nn.Module) -> str:
-    """The module name of the layer :func:`find_layer` explains by default: the offline
-    model's ``head_activation``, else the model's last ``Conv2d``.
+    """The module name of the layer :func:`find_layer` explains by default, by family
+    (:func:`captum_fdcam.architectures.default_layer`): the offline model's
+    ``head_activation``; a ViT's last block's first norm; Swin's final norm; ConvNeXt's
+    last stage; else the model's last ``Conv2d``.
 
     Raises:
-        ValueError: the model has neither.
+        ValueError: no such layer (a :class:`~captum_fdcam.errors.LayerError`).
     """
-    if isinstance(getattr(model, "head_activation", None), nn.Module):
-        return "head_activation"
-    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError("The model has no Conv2d layer: pass layer=<module name>.")
-    return convs[-1]
+    return default_layer(model).name
 
 
 def find_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
-    """The module to explain: by name, as given, or by default the offline model's
-    ``head_activation`` or else the last ``Conv2d`` of the model."""
+    """The module to explain: by name, as given, or by default the layer of
+    :func:`default_layer_name`."""
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
             # Quantus's randomisation metrics (MPRT, ...) explain deep copies of the
@@ -90,6 +91,20 @@ def find_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
         except AttributeError as err:
             raise ValueError(f"The model has no module named {layer!r}.") from err
     return model.get_submodule(default_layer_name(model))
+
+
+def _default_layer_notice(model: nn.Module) -> None:
+    """Says which layer a call without ``layer`` explains (once per model class and
+    layer, by Python's default warning filter): never a silent choice."""
+    if isinstance(getattr(model, "head_activation", None), nn.Module):
+        return  # the offline model, documented as the default
+    choice = default_layer(model)
+    warnings.warn(
+        f"captum_fdcam.explain: explaining layer '{choice.name}' of "
+        f"{type(model).__name__} ({choice.reason}, the default); pass layer= to choose.",
+        DefaultLayerWarning,
+        stacklevel=3,
+    )
 
 
 def _build(
@@ -114,16 +129,33 @@ def _build(
                 f"{cls.__name__} wraps a CAM: use method='FG-<CAM>' (FG-CAM at the input, or "
                 "at fg_layer with fg_layer=...)."
             )
+        if issubclass(cls, LayerCamBase):
+            return cls(model, find_layer(model, layer), **_auto_layout(options)), True
+        forward = model if issubclass(cls, _OWN) else Logits(model)  # Captum's need a tensor
         if issubclass(cls, LayerAttribution):
-            return cls(model, find_layer(model, layer), **options), True
-        return cls(model, **options), False
+            return cls(forward, find_layer(model, layer), **options), True
+        return cls(forward, **options), False
     info = registry.find(base_name)
     if info is not None and not info.fg:
         raise ValueError(f"{method}: FG-CAM works over a CAM (FG-Grad-CAM, ...), not {base_name}.")
-    base = method_class(base_name)(model, find_layer(model, layer), **options)
+    cam = method_class(base_name)
+    if issubclass(cam, LayerCamBase):
+        options = _auto_layout(options)
+    base = cam(model, find_layer(model, layer), **options)
     if fg_layer is None:
         return FGCam(base, **(fg_options or {})), False
     return LayerFGCam(base, find_layer(model, fg_layer), **(fg_options or {})), True
+
+
+def _auto_layout(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A CAM's options with ``reshape_transform="auto"`` unless one is given: a
+    transformer's tokens and Swin's channels-last maps are read from the model."""
+    return {"reshape_transform": AUTO, **options}
+
+
+#: Attribution classes of this library other than the CAMs (LRP, CLRP, SGLRP), which
+#: read a Hugging Face output's logits themselves.
+_OWN: tuple[type, ...] = (PropagationLRP,)
 
 
 def _share_weights(
@@ -172,8 +204,12 @@ def explain(
             ``"IntegratedGradients"``; see ``captum_fdcam.registry``) or an
             attribution class.
         layer: the layer of layer methods (for ``"FG-"`` names: the base CAM's), a
-            module or its name; default: the offline model's ``head_activation``,
-            else the model's last ``Conv2d``.
+            module or its name; default: by family (:func:`default_layer_name`: the
+            offline model's ``head_activation``, a ViT's last block's first norm, Swin's
+            final norm, ConvNeXt's last stage, else the last ``Conv2d``), said once by a
+            :class:`~captum_fdcam.errors.DefaultLayerWarning`. The CAMs of this library
+            read the layer's layout from the model (``reshape_transform="auto"``) unless
+            ``method_kwargs`` gives a ``reshape_transform``.
         method_kwargs: options of the method's constructor; for ``"FG-"`` names, of the
             base CAM's (``group_fraction``, ``perturbations_per_eval``, ...).
         fg_layer: for ``"FG-"`` names: FG-CAM's layer (``LayerFGCam``, shallower than
@@ -218,6 +254,8 @@ def explain(
     if len(y) != len(x):
         raise ValueError(f"{len(y)} targets for {len(x)} inputs.")
     attribution, is_layer = _build(model, method, layer, method_kwargs or {}, fg_layer, fg_kwargs)
+    if layer is None and (is_layer or isinstance(attribution, FGCam)):
+        _default_layer_notice(model)
     if weights_cache is not None:
         _share_weights(model, attribution, method_kwargs or {}, weights_cache)
     options = dict(attribute_kwargs or {})

@@ -93,19 +93,26 @@ def attribution(
 ) -> np.ndarray:
     """The job's (N, 1, H, W) maps of images ``x`` for classes ``y`` (``weights_cache``:
     see :func:`~captum_fdcam.evaluation.explain`)."""
+    import warnings
+
+    from captum_fdcam.errors import ConstantMapWarning
     from captum_fdcam.evaluation.explainer import explain
 
-    return explain(
-        model,
-        x,
-        y,
-        method=job.method,
-        layer=job.layer,
-        method_kwargs=job.method_kwargs,
-        fg_layer=job.fg_layer,
-        fg_kwargs=job.fg_kwargs,
-        weights_cache=weights_cache,
-    )
+    with warnings.catch_warnings():
+        # Scored anyway, and the record says so (``constant_map``): one flag per image
+        # rather than a warning per call.
+        warnings.simplefilter("ignore", ConstantMapWarning)
+        return explain(
+            model,
+            x,
+            y,
+            method=job.method,
+            layer=job.layer,
+            method_kwargs=job.method_kwargs,
+            fg_layer=job.fg_layer,
+            fg_kwargs=job.fg_kwargs,
+            weights_cache=weights_cache,
+        )
 
 
 def score(
@@ -158,6 +165,8 @@ def score(
     if not np.isfinite(a).all():
         raise FloatingPointError(f"{job.name} gave a non-finite map.")
     out: dict[str, Any] = {}
+    parameter = next(model.parameters(), None)
+    device = None if parameter is None else parameter.device
     if float(a.max()) == float(a.min()):
         # Quantus refuses constant maps. One ranks pixels by index (stable order),
         # which a decreasing ramp reproduces; the record says so.
@@ -165,7 +174,8 @@ def score(
         out["constant_map"] = 1.0
     for name in job.metrics:
         metric = make_metric(name, x.shape[-1], job.positive_only)
-        value = metric(model, x, y, a_batch=a, s_batch=s)
+        # Quantus moves the inputs to its ``device`` (the CPU unless told): the model's.
+        value = metric(model, x, y, a_batch=a, s_batch=s, device=device)
         if name == "pixel_flipping":
             # Quantus's return_auc_per_sample calls np.trapz, which numpy 2.4 removed.
             out[name] = curve_auc(np.asarray(value[0], dtype=np.float64))

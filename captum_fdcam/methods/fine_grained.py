@@ -35,7 +35,7 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_fdcam._core.base import LayerCamBase, attribution_call
+from captum_fdcam._core.base import LayerCamBase, attribution_call, warn_constant_maps
 from captum_fdcam._core.layout import FeatureLayout
 from captum_fdcam._core.validation import (
     check_bool,
@@ -209,7 +209,9 @@ class _FineGrained:
                 # layout; values the transform drops (a class token) start with none.
                 relevances = run.relevance(lambda start: layout.scatter(components, start))
         maps = tuple(r.sum(dim=1, keepdim=True) for r in relevances)
-        return tuple(torch.relu(m) for m in maps) if relu_attributions else maps
+        maps = tuple(torch.relu(m) for m in maps) if relu_attributions else maps
+        warn_constant_maps(maps, f"FG-CAM over {type(self.base_cam).__name__}")
+        return maps
 
 
 _ARGS_DOC = r"""

@@ -35,7 +35,7 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_fdcam._core.base import attribution_call
+from captum_fdcam._core.base import attribution_call, warn_constant_maps
 from captum_fdcam._core.validation import (
     check_gradients_possible,
     check_inputs,
@@ -126,6 +126,7 @@ class PropagationLRP(GradientAttribution):
                 _format_additional_forward_args(additional_forward_args),
                 start_relevance=lambda output: self.output_relevance(output, target),
             )
+        warn_constant_maps(relevance, type(self).__name__)
         return _format_output(_is_tuple(inputs), relevance)
 
 

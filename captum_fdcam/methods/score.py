@@ -8,7 +8,7 @@ pass per distinct mask; masks that are identical share one evaluation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,11 +25,17 @@ from captum_fdcam._core.base import (
     PerturbationLayerCam,
     _PerturbationAttribute,
 )
-from captum_fdcam._core.layout import ReshapeTransform
+from captum_fdcam._core.layout import ReshapeSpec
 from captum_fdcam._core.numeric import min_max, safe_divide
-from captum_fdcam._core.perturbation import PerturbationEngine, check_score_type, unique_rows
+from captum_fdcam._core.perturbation import (
+    PerturbationEngine,
+    ScoreOption,
+    ScoreType,
+    check_score_type,
+    unique_rows,
+)
 from captum_fdcam._core.validation import check_integer, check_real
-from captum_fdcam.errors import InputError
+from captum_fdcam.errors import FeatureMapError, InputError
 
 
 def _image_input(state: CamState, method: str) -> Tensor:
@@ -74,7 +80,7 @@ def _masked_scores(
     distinct: tuple[Tensor, Tensor],
     size: tuple[int, int],
     perturb: Callable[[Tensor], Tensor],
-    score: Literal["logit", "probability"],
+    score: ScoreType,
 ) -> Tensor:
     """Scores of ``perturb(mask)`` for the mask of each map, (M,), from
     :func:`distinct_maps` of the maps.
@@ -90,6 +96,18 @@ def _masked_scores(
 
     scores = engine.input_scores(sample, len(unique), make_inputs, score)
     return scores[inverse]
+
+
+def check_map_size(activation: Tensor, method: str) -> None:
+    """Masks from a 1 x 1 map are constant, so min-max normalisation makes every one of
+    them 0: every weight, and the map, would be 0. Said here instead."""
+    if activation.shape[-2] * activation.shape[-1] == 1:
+        raise FeatureMapError(
+            f"{method} masks the input with each channel's map, upsampled and min-max "
+            f"normalised; the layer's map is 1 x 1 (activations {tuple(activation.shape)}), "
+            "so every mask is empty and every weight 0. Explain a layer with a larger map "
+            "(before the global pooling, or an earlier stage), or use larger inputs."
+        )
 
 
 def check_baseline(baseline: Any) -> float | Tensor | None:
@@ -126,8 +144,15 @@ class LayerScoreCam(PerturbationLayerCam):
     with Up bilinear upsampling to the input size and s min-max normalisation
     (a constant channel gives a zero mask). The paper subtracts the score of a
     baseline input :math:`X_b` (``baseline=0.0``: the all-zero input, the default);
-    the authors' code and ``torchcam`` do not (``baseline=None``). ``score='logit'``
-    uses logits instead of probabilities.
+    the authors' code and ``torchcam`` do not (``baseline=None``).
+
+    The score :math:`s`: by default (``score='auto'``) the softmax probability of the
+    target class, as the paper, for a model with several outputs; the output itself
+    (``'logit'``) for a model with one output per example, where a softmax is always 1;
+    what the model declares as ``default_score`` (the wrappers of
+    :mod:`captum_fdcam.targets`: their outputs are the scores). ``score='sigmoid'`` for a
+    multi-label model (each label's own probability, not a softmax across independent
+    labels), ``'logit'`` or ``'probability'`` to choose.
 
     Cost: one forward pass per distinct mask (at most K), in batches of
     ``perturbations_per_eval``, plus one for the baseline.
@@ -139,7 +164,8 @@ class LayerScoreCam(PerturbationLayerCam):
         forward_func, layer, device_ids, reshape_transform: as in
             :class:`~captum_fdcam.LayerCamBase` (Captum's ``LayerGradCam``, plus the
             transformer layout).
-        score: ``'probability'`` (default, softmax over classes) or ``'logit'``.
+        score: ``'auto'`` (default: see above), ``'probability'`` (softmax over
+            dimension 1), ``'logit'`` (the output as it is) or ``'sigmoid'``.
         baseline: finite value (float, or tensor broadcastable to one input
             example, e.g. (C, 1, 1) per channel) of the baseline input whose score
             is subtracted; ``None`` subtracts nothing.
@@ -151,8 +177,8 @@ class LayerScoreCam(PerturbationLayerCam):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
-        reshape_transform: ReshapeTransform | None = None,
-        score: Literal["logit", "probability"] = "probability",
+        reshape_transform: ReshapeSpec = None,
+        score: ScoreOption = "auto",
         baseline: float | Tensor | None = 0.0,
     ) -> None:
         super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
@@ -189,6 +215,8 @@ class LayerScoreCam(PerturbationLayerCam):
         x = _image_input(state, "Score-CAM")
         size = (x.shape[2], x.shape[3])
         base = self._baseline_image(x)
+        score = engine.resolve_score(self.score)
+        check_map_size(activation, "Score-CAM")
         distinct = [distinct_maps(a) for a in activation]
         # One pass per distinct mask, and one for the baseline, for each example.
         total = sum(len(unique) for unique, _ in distinct) + (0 if base is None else len(x))
@@ -196,11 +224,9 @@ class LayerScoreCam(PerturbationLayerCam):
         with engine.progress(total, "Score-CAM"):
             for i, maps in enumerate(distinct):
                 image = x[i : i + 1]
-                scores = _masked_scores(
-                    engine, i, maps, size, lambda m, im=image: im * m, self.score
-                )
+                scores = _masked_scores(engine, i, maps, size, lambda m, im=image: im * m, score)
                 if base is not None:
-                    scores = scores - engine.input_scores(i, 1, lambda *_, b=base: (b,), self.score)
+                    scores = scores - engine.input_scores(i, 1, lambda *_, b=base: (b,), score)
                 weights.append(scores)
         return torch.stack(weights)[:, :, None, None].to(activation.dtype)
 
@@ -241,7 +267,9 @@ class LayerGroupCam(
             fewer channels give one group each). Default: 32
         blur_kernel_size: odd size of the Gaussian blur kernel. Default: 51
         blur_sigma: standard deviation of the blur, positive. Default: 50.0
-        score: ``'probability'`` (default) or ``'logit'``.
+        score: ``'auto'`` (default: as Score-CAM, the softmax probability for a model
+            with several outputs, the output itself for one output or where the model
+            declares it), ``'probability'``, ``'logit'`` or ``'sigmoid'``.
     """
 
     requires_gradients = True
@@ -252,11 +280,11 @@ class LayerGroupCam(
         layer: Module,
         device_ids: list[int] | None = None,
         *,
-        reshape_transform: ReshapeTransform | None = None,
+        reshape_transform: ReshapeSpec = None,
         groups: int = 32,
         blur_kernel_size: int = 51,
         blur_sigma: float = 50.0,
-        score: Literal["logit", "probability"] = "probability",
+        score: ScoreOption = "auto",
     ) -> None:
         super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
         self.groups = check_integer("groups", groups)
@@ -314,6 +342,8 @@ class LayerGroupCam(
         x = _image_input(state, "Group-CAM")
         size = (x.shape[2], x.shape[3])
         self.check_image_size(*size)
+        score = engine.resolve_score(self.score)
+        check_map_size(activation, "Group-CAM")
         maps = self.group_maps(activation, gradient)
         distinct = [distinct_maps(m) for m in maps]
         # One pass for the blurred input and one per distinct mask, for each example.
@@ -323,14 +353,14 @@ class LayerGroupCam(
             for i in range(len(maps)):
                 image = x[i : i + 1]
                 blurred = self.blur(image)
-                base = engine.input_scores(i, 1, lambda *_, b=blurred: (b,), self.score)
+                base = engine.input_scores(i, 1, lambda *_, b=blurred: (b,), score)
                 scores = _masked_scores(
                     engine,
                     i,
                     distinct[i],
                     size,
                     lambda m, im=image, b=blurred: im * m + b * (1 - m),
-                    self.score,
+                    score,
                 )
                 weights = F.relu(scores - base)
                 up = upsampled(maps[i], size)

@@ -8,7 +8,7 @@ switched copies (see :mod:`captum_fdcam._core.replay`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from captum._utils.typing import TargetType
@@ -22,9 +22,9 @@ from captum_fdcam._core.base import (
     PerturbationLayerCam,
     attribution_call,
 )
-from captum_fdcam._core.layout import ReshapeTransform
+from captum_fdcam._core.layout import ReshapeSpec
 from captum_fdcam._core.numeric import min_max, safe_divide
-from captum_fdcam._core.perturbation import check_score_type, score_dtype
+from captum_fdcam._core.perturbation import ScoreType, check_score_type, score_dtype
 from captum_fdcam._core.validation import check_real
 
 
@@ -51,7 +51,8 @@ class LayerAblationCam(PerturbationLayerCam):
         forward_func, layer, device_ids, reshape_transform: as in
             :class:`~captum_fdcam.LayerCamBase` (Captum's ``LayerGradCam``, plus the
             transformer layout).
-        score: ``'logit'`` (default, as the paper) or ``'probability'``.
+        score: ``'logit'`` (default, as the paper: the output as it is),
+            ``'probability'`` (softmax over dimension 1) or ``'sigmoid'``.
     """
 
     switches_channels = True
@@ -62,23 +63,24 @@ class LayerAblationCam(PerturbationLayerCam):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
-        reshape_transform: ReshapeTransform | None = None,
-        score: Literal["logit", "probability"] = "logit",
+        reshape_transform: ReshapeSpec = None,
+        score: ScoreType = "logit",
     ) -> None:
         super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
-        self.score = check_score_type(score)
+        self.score = check_score_type(score, get_args(ScoreType))
 
     def weights(self, state: PerturbationCamState) -> Tensor:
         activation, engine = state.activation, state.engine
         n, k = activation.shape[:2]
         keep = ~torch.eye(k, dtype=torch.bool, device=activation.device)
+        score = engine.resolve_score(self.score)
         weights = []
         with engine.progress(
             lambda: sum(engine.switch_passes(a, keep) for a in activation), "Ablation-CAM"
         ):
             for i in range(n):
-                reference = engine.reference(i, self.score)
-                off = engine.switch_scores(i, activation[i], keep, reference, self.score)
+                reference = engine.reference(i, score)
+                off = engine.switch_scores(i, activation[i], keep, reference, score)
                 weights.append(safe_divide(reference - off, reference.expand_as(off)))
         return _per_channel(weights).to(activation.dtype)
 
@@ -146,7 +148,8 @@ class LayerFDCam(GradientPerturbationLayerCam):
         combination: ``'exp'`` (:math:`\hat\alpha e^{\hat s} - b`, eq. 10) or
             ``'linear'`` (:math:`\hat\alpha \hat s - b`).
         bias: b in eq. 10. Default: 0.5
-        score: ``'logit'`` (default) or ``'probability'``.
+        score: ``'logit'`` (default: the output as it is), ``'probability'`` (softmax
+            over dimension 1) or ``'sigmoid'``.
     """
 
     switches_channels = True
@@ -157,12 +160,12 @@ class LayerFDCam(GradientPerturbationLayerCam):
         layer: Module,
         device_ids: list[int] | None = None,
         *,
-        reshape_transform: ReshapeTransform | None = None,
+        reshape_transform: ReshapeSpec = None,
         group_fraction: float | None = 0.05,
         switch: Literal["both", "off"] = "both",
         combination: Literal["exp", "linear"] = "exp",
         bias: float = 0.5,
-        score: Literal["logit", "probability"] = "logit",
+        score: ScoreType = "logit",
     ) -> None:
         super().__init__(forward_func, layer, device_ids, reshape_transform=reshape_transform)
         if group_fraction is not None:
@@ -177,7 +180,7 @@ class LayerFDCam(GradientPerturbationLayerCam):
         self.switch = switch
         self.combination = combination
         self.bias = check_real("bias", bias)
-        self.score = check_score_type(score)
+        self.score = check_score_type(score, get_args(ScoreType))
 
     def switching_scores(
         self, activation: Tensor, state: PerturbationCamState, sample: int
@@ -185,10 +188,11 @@ class LayerFDCam(GradientPerturbationLayerCam):
         """The grouped channel-switching scores :math:`s_k` of example ``sample``, (K,),
         from its activation (K, h, w)."""
         engine = state.engine
-        reference = engine.reference(sample, self.score)
+        score = engine.resolve_score(self.score)
+        reference = engine.reference(sample, score)
         k = activation.shape[0]
         scores = engine.switch_scores(
-            sample, activation, self.switched_channels(activation), reference, self.score
+            sample, activation, self.switched_channels(activation), reference, score
         )
         if self.switch == "off":
             return reference - scores

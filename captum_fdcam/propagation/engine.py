@@ -39,9 +39,14 @@ from torch.nn import Module
 from torch.utils.hooks import RemovableHandle
 
 from captum_fdcam._core.hooks import this_thread_only
-from captum_fdcam._core.validation import layer_name
-from captum_fdcam.errors import LayerError, ModelOutputError, UnsupportedModuleError
-from captum_fdcam.propagation.assignment import PASSTHROUGH, RuleAssignment, unsupported_reason
+from captum_fdcam._core.validation import layer_name, model_scores
+from captum_fdcam.errors import LayerError, UnsupportedModuleError
+from captum_fdcam.propagation.assignment import (
+    PASSTHROUGH,
+    RuleAssignment,
+    missing_rule_message,
+    unsupported_reason,
+)
 from captum_fdcam.propagation.rules import relevance_ratio, rule_ratio, rule_relevance
 
 
@@ -168,11 +173,7 @@ class _Session:
                 if reason is not None:
                     raise UnsupportedModuleError(f"No LRP rule for {self._name(module)}: {reason}")
                 if next(module.children(), None) is None and not isinstance(module, PASSTHROUGH):
-                    raise UnsupportedModuleError(
-                        f"No LRP rule for {self._name(module)}. Give it one, the way "
-                        "Captum's LRP does (module.rule = IdentityRule() passes relevance "
-                        "unchanged), or pass rules={type: rule} to the attribution class."
-                    )
+                    raise UnsupportedModuleError(missing_rule_message(self.model, module))
             self.frames.append(None)
             return None
         slots = tuple(self._slot(a) for a in args)
@@ -385,11 +386,13 @@ class Propagation:
         session = self._session
         session.paused = True
         start, end = session.start, session.end
-        origin = self.output if start is None else session.start_output
-        if start is not None and origin is None:
-            raise LayerError(f"{session._name(start)} was not called in the forward pass.")
-        if not isinstance(origin, Tensor):
-            raise ModelOutputError(f"The model returned {type(origin).__name__}, not a tensor.")
+        if start is None:
+            # A Hugging Face output object: relevance starts at its logits.
+            origin = model_scores(self.output)
+        else:
+            origin = session.start_output
+            if origin is None:
+                raise LayerError(f"{session._name(start)} was not called in the forward pass.")
         if end is None:
             wrt: Sequence[Tensor] = self.inputs
         elif session.end_tensors is None:

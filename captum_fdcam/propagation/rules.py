@@ -37,6 +37,8 @@ from torch import Tensor
 from torch.nn import Module
 from torch.utils.hooks import RemovableHandle
 
+from captum_fdcam._core.replay import without_stand_in
+
 
 def relevance_ratio(relevance: Tensor, x: Tensor) -> Tensor:
     """``relevance / x``, 0 where ``x`` is 0: relevance per unit of activation.
@@ -268,7 +270,9 @@ def _detached_copy(module: Module, parameters: dict[str, Any]) -> Module:
     thread may be running the same model (plain inference beside an attribution) and
     must see its own weights. Submodules are shared, as the forward pass shares them.
     """
-    clone = copy.copy(module)
+    # A module a replay (Ablation-CAM, FD-CAM) skips on another thread has a stand-in
+    # forward that answers for the original: the copy computes with its own parameters.
+    clone = without_stand_in(copy.copy(module))
     clone._parameters = {**module._parameters, **parameters}
     return clone
 
