@@ -388,9 +388,13 @@ class AutoLayout:
                     "reshape_transform=TokensToGrid(prefix_tokens=P) (P = 1 for a class "
                     "token, 2 with DeiT's distillation token, 1 + R with R registers)",
                 )
-            patches = shape[1] - prefix
             declared = _declared_grid(self.model, self.layer, self.input_size)
-            grid = token_grid(patches, self.input_size, declared)
+            grid = token_grid(shape[1] - prefix, self.input_size, declared)
+            if grid is None and prefix and token_grid(shape[1], self.input_size, declared):
+                # A layer before the prefix tokens are added (the patch embedding's).
+                prefix = 0
+                grid = token_grid(shape[1], self.input_size, declared)
+            patches = shape[1] - prefix
             if grid is None:
                 raise self._fail(
                     shape,

@@ -368,22 +368,22 @@ ERRORS = {
         lambda h: ["--model", f"hf:{_path(h, 'hf-vit')}", "--layer", "vit.layers.1.attention"],
         "--layer vit.layers.1.attention gives tuple, not a 4-D (N, C, H, W) feature map",
     ),
-    "tokens that fit no grid": (
-        # the 16 patch tokens, before the class token the model declares is prepended
-        lambda h: [
-            *("--model", f"hf:{_path(h, 'hf-vit')}"),
-            *("--layer", "vit.embeddings.patch_embeddings"),
-        ],
-        "--layer vit.embeddings.patch_embeddings: FeatureMapError: reshape_transform='auto' "
-        "cannot read",
+    "a pooled layer": (
+        # (N, classes): no map for "auto" to read
+        lambda h: ["--model", f"hf:{_path(h, 'hf-vit')}", "--layer", "classifier"],
+        "--layer classifier gives (1, 3), not a 4-D (N, C, H, W) feature map",
     ),
     "an image size the model cannot take": (
         lambda h: ["--model", f"hf:{_path(h, 'hf-vit')}", "--image-size", "64"],
         "the model cannot run on 64 x 64 images (--image-size 64)",
     ),
-    "FG-CAM through a transformer": (
-        lambda h: ["--model", f"hf:{_path(h, 'hf-vit')}", "--methods", "FG-Grad-CAM"],
-        "FG-Grad-CAM: UnsupportedModuleError: No LRP rule for",
+    "a method that cannot explain the layer": (
+        # the last convolution is 1 x 1 at 32 px: every Score-CAM mask would be empty
+        lambda h: [
+            *("--model", "timm:test_resnet", "--weights", _path(h, "resnet.pth")),
+            *("--image-size", "32", "--methods", "Score-CAM"),
+        ],
+        "Score-CAM: FeatureMapError: Score-CAM masks the input",
     ),
 }
 
@@ -423,10 +423,11 @@ def test_a_missing_library_names_the_extra(
 
 def test_evaluate_writes_nothing_when_a_method_cannot_run(hub, tmp_path: Path, capsys) -> None:
     out = tmp_path / "eval"
-    argv = ["evaluate", str(hub["photo"].parent), "--model", f"hf:{_path(hub, 'hf-vit')}"]
-    argv += ["--methods", "Grad-CAM", "FG-Grad-CAM", "--metrics", "insertion"]
+    argv = ["evaluate", str(hub["photo"].parent), "--model", "timm:test_resnet"]
+    argv += ["--weights", _path(hub, "resnet.pth"), "--image-size", "32"]
+    argv += ["--methods", "Grad-CAM", "Score-CAM", "--metrics", "insertion"]
     assert cli.main([*argv, "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert "captum-fdcam evaluate: error: FG-Grad-CAM: UnsupportedModuleError" in err, err
+    assert "captum-fdcam evaluate: error: Score-CAM: FeatureMapError" in err, err
     assert not out.exists()  # not even Grad-CAM's scores of the image before

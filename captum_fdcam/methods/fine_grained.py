@@ -36,20 +36,25 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_fdcam._core.base import LayerCamBase, attribution_call, warn_constant_maps
-from captum_fdcam._core.layout import FeatureLayout
+from captum_fdcam._core.layout import FeatureLayout, ReshapeSpec
 from captum_fdcam._core.validation import (
     check_bool,
     check_integer,
     check_layer,
     check_no_script_modules,
     check_real,
+    layer_name,
     owning_module,
     python_scalar,
+    target_rows,
 )
+from captum_fdcam.architectures import AUTO, AutoLayout
 from captum_fdcam.errors import LayerError
 from captum_fdcam.methods.gradient import LayerGradCam
 from captum_fdcam.propagation import Propagation, RuleAssignment, ZBoxRule
 from captum_fdcam.propagation.assignment import RuleSpec
+from captum_fdcam.propagation.engine import relevance_shares
+from captum_fdcam.propagation.modes import AttentionMode
 
 
 def singular_value_count(count: int | float, available: int) -> int:
@@ -117,8 +122,11 @@ class _FineGrained:
         singular_values: int | float,
         rules: Mapping[Module | type[Module], RuleSpec] | None,
         input_rule: PropagationRule | None,
+        attention: AttentionMode = "cp",
+        end_transform: ReshapeSpec = None,
     ) -> None:
         self.base_cam = _as_base(base_cam)
+        self.end_transform = end_transform
         model = owning_module(self.base_cam.forward_func)
         if model is None:
             raise TypeError(
@@ -132,6 +140,8 @@ class _FineGrained:
         self.singular_values = check_singular_values(singular_values)
         self.rules = rules
         self.input_rule = ZBoxRule() if input_rule is None else input_rule
+        RuleAssignment(None, None, attention)  # checks the mode now
+        self.attention = attention
 
     def components(
         self,
@@ -185,6 +195,7 @@ class _FineGrained:
         perturbations_per_eval: int,
         show_progress: bool,
         grad_kwargs: dict[str, Any] | None,
+        shares: dict[str, float] | None = None,
     ) -> tuple[Tensor, ...]:
         # Checked once, here: the propagation needs them before the base CAM's pass.
         formatted = self.base_cam.format_inputs(inputs)
@@ -192,12 +203,14 @@ class _FineGrained:
         options = (target, extra, perturbations_per_eval, show_progress, grad_kwargs)
         if layer is self.base_cam.layer and not attribute_to_layer_input:
             relevances: tuple[Tensor, ...] = (self.components(formatted, *options)[0],)
+            if shares is not None:
+                shares["start"] = float(relevances[0].sum())
         else:
             # The base CAM's forward pass also records the propagation graph of
             # the network before its layer: one forward pass serves both.
             with Propagation(
                 self.model,
-                RuleAssignment(self.rules, self.input_rule),
+                RuleAssignment(self.rules, self.input_rule, self.attention),
                 formatted,
                 start=self.base_cam.layer,
                 end=layer,
@@ -207,11 +220,86 @@ class _FineGrained:
                 components, layout = self.components(run.inputs, *options, record_graph=True)
                 # With a reshape_transform the relevance starts in the layer's own
                 # layout; values the transform drops (a class token) start with none.
-                relevances = run.relevance(lambda start: layout.scatter(components, start))
+                relevances = run.relevance(lambda start: layout.scatter(components, start), shares)
+        if layer is not None and not (
+            layer is self.base_cam.layer and not attribute_to_layer_input
+        ):
+            relevances = self._on_grid(
+                relevances, layer, formatted, attribute_to_layer_input, shares
+            )
         maps = tuple(r.sum(dim=1, keepdim=True) for r in relevances)
         maps = tuple(torch.relu(m) for m in maps) if relu_attributions else maps
-        warn_constant_maps(maps, f"FG-CAM over {type(self.base_cam).__name__}")
+        if shares is None:
+            warn_constant_maps(maps, f"FG-CAM over {type(self.base_cam).__name__}")
         return maps
+
+    def _on_grid(
+        self,
+        relevances: tuple[Tensor, ...],
+        layer: Module,
+        formatted: tuple[Tensor, ...],
+        to_input: bool,
+        shares: dict[str, float] | None,
+    ) -> tuple[Tensor, ...]:
+        """The relevance at ``layer``, in its own layout, as (N, C, h, w) maps: tokens and
+        channels-last maps through the end layer's ``reshape_transform``."""
+        transform = self.end_transform
+        if isinstance(transform, str) and transform == AUTO:
+            image = formatted[0]
+            size = (image.shape[-2], image.shape[-1]) if image.dim() == 4 else None
+            transform = AutoLayout(self.model, layer, size)
+        layout = FeatureLayout(transform, layer_name(self.model, layer))
+        mapped = []
+        for relevance in relevances:
+            layout.check(relevance, "input" if to_input else "output")
+            mapped.append(layout.to_map(relevance))
+        if shares is not None:
+            # Tokens the map leaves out (the class token of a block's output) keep theirs.
+            outside = sum(float(r.sum()) for r in relevances) - sum(float(m.sum()) for m in mapped)
+            shares["tokens outside the map"] = outside
+        return tuple(mapped)
+
+    def shares(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType,
+        additional_forward_args: Any,
+        layer: Module | None,
+        attribute_to_layer_input: bool,
+        perturbations_per_eval: int,
+        grad_kwargs: dict[str, Any] | None,
+    ) -> dict[str, Tensor]:
+        """:func:`~captum_fdcam.propagation.engine.relevance_shares` of FG-CAM's
+        propagation, one example at a time (see ``relevance_shares`` of the classes)."""
+        formatted = self.base_cam.format_inputs(inputs)
+        count = formatted[0].shape[0]
+        extra = _format_additional_forward_args(additional_forward_args)
+        rows = target_rows(target, count) if target is not None else None
+
+        def one(i: int, found: dict[str, float]) -> tuple[Tensor, ...]:
+            example = tuple(x[i : i + 1] for x in formatted)
+            example_extra = (
+                None
+                if extra is None
+                else tuple(
+                    a[i : i + 1] if isinstance(a, Tensor) and a.dim() and len(a) == count else a
+                    for a in extra
+                )
+            )
+            return self.relevance(
+                example,
+                None if rows is None else [rows[i]],
+                example_extra,
+                layer,
+                attribute_to_layer_input,
+                False,
+                perturbations_per_eval,
+                False,
+                grad_kwargs,
+                found,
+            )
+
+        return relevance_shares(one, count)
 
 
 _ARGS_DOC = r"""
@@ -239,7 +327,12 @@ _INIT_DOC = r"""
             module's own ``rule`` attribute, as in Captum's ``LRP``, wins.
         input_rule (PropagationRule, optional): rule of the layers that receive
             the model's input. Default: ``ZBoxRule()`` (bounds: each image's
-            minimum and maximum)."""
+            minimum and maximum).
+        attention (str): how relevance crosses attention
+            (:class:`~captum_fdcam.propagation.AttentionRule`): ``"cp"``, the
+            attention weights held constant (CP-LRP), or ``"attnlrp"``. LayerNorm
+            and its kin hold their standard deviation constant
+            (:class:`~captum_fdcam.propagation.NormRule`). Default: ``"cp"``"""
 
 
 class LayerFGCam(LayerAttribution, GradientAttribution):
@@ -263,7 +356,12 @@ class LayerFGCam(LayerAttribution, GradientAttribution):
         base_cam: a CAM of this library or Captum's ``LayerGradCam``; its layer
             is where the explanation starts.
         layer (torch.nn.Module): the layer to explain, called before the base CAM's
-            layer (or the base CAM's layer itself)."""
+            layer (or the base CAM's layer itself).
+        reshape_transform: how ``layer``'s output becomes the (N, C, h, w) map whose
+            channels are summed: ``"auto"`` (the default) reads it from the model as the
+            CAMs do (a transformer's tokens, Swin's channels-last maps; nothing for a
+            CNN's maps), a callable, or ``None``. Relevance of tokens the map leaves out
+            (a block's class token) is reported by :meth:`relevance_shares`."""
         + _INIT_DOC
     )
 
@@ -277,13 +375,24 @@ class LayerFGCam(LayerAttribution, GradientAttribution):
         singular_values: int | float = 10,
         rules: Mapping[Module | type[Module], RuleSpec] | None = None,
         input_rule: PropagationRule | None = None,
+        attention: AttentionMode = "cp",
+        reshape_transform: ReshapeSpec = AUTO,
     ) -> None:
+        if reshape_transform is not None and not isinstance(reshape_transform, str):
+            if not callable(reshape_transform):
+                raise TypeError(f"reshape_transform must be callable, got {reshape_transform!r}.")
+        elif isinstance(reshape_transform, str) and reshape_transform != AUTO:
+            raise TypeError(
+                f"reshape_transform must be callable, 'auto' or None, got {reshape_transform!r}."
+            )
         self._fg = _FineGrained(
             base_cam,
             denoise,
             singular_values,
             rules,
             ZBoxRule() if input_rule is None else input_rule,
+            attention,
+            reshape_transform,
         )
         forward_func = self._fg.base_cam.forward_func
         check_layer(forward_func, layer)
@@ -333,6 +442,29 @@ class LayerFGCam(LayerAttribution, GradientAttribution):
         """
     )
 
+    def relevance_shares(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        attribute_to_layer_input: bool = False,
+        perturbations_per_eval: int = 64,
+        grad_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Tensor]:
+        """Where each example's CAM mass at the base layer (``start``) ends: the map's
+        sum (``end``), or parameters (position embeddings, class tokens, biases), the
+        rules, the rest. (N,) float64 tensors; one propagation per example. See
+        :func:`captum_fdcam.propagation.engine.relevance_shares`."""
+        return self._fg.shares(
+            inputs,
+            target,
+            additional_forward_args,
+            self.layer,
+            attribute_to_layer_input,
+            perturbations_per_eval,
+            grad_kwargs,
+        )
+
 
 class FGCam(GradientAttribution):
     __doc__ = (
@@ -355,6 +487,7 @@ class FGCam(GradientAttribution):
         singular_values: int | float = 10,
         rules: Mapping[Module | type[Module], RuleSpec] | None = None,
         input_rule: PropagationRule | None = None,
+        attention: AttentionMode = "cp",
     ) -> None:
         self._fg = _FineGrained(
             base_cam,
@@ -362,6 +495,7 @@ class FGCam(GradientAttribution):
             singular_values,
             rules,
             ZBoxRule() if input_rule is None else input_rule,
+            attention,
         )
         GradientAttribution.__init__(self, self._fg.base_cam.forward_func)
 
@@ -404,3 +538,25 @@ class FGCam(GradientAttribution):
             input: the relevance summed over the input's channels.
         """
     )
+
+    def relevance_shares(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        perturbations_per_eval: int = 64,
+        grad_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Tensor]:
+        """Where each example's CAM mass at the base layer (``start``) ends: the map's
+        sum (``end``), or parameters (position embeddings, class tokens, biases), the
+        rules, the rest. (N,) float64 tensors; one propagation per example. See
+        :func:`captum_fdcam.propagation.engine.relevance_shares`."""
+        return self._fg.shares(
+            inputs,
+            target,
+            additional_forward_args,
+            None,
+            False,
+            perturbations_per_eval,
+            grad_kwargs,
+        )

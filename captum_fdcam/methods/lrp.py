@@ -45,6 +45,18 @@ from captum_fdcam._core.validation import (
 from captum_fdcam.errors import ModelOutputError, TargetError
 from captum_fdcam.propagation import RuleAssignment, ZBoxRule, propagate
 from captum_fdcam.propagation.assignment import RuleSpec
+from captum_fdcam.propagation.engine import relevance_shares
+from captum_fdcam.propagation.modes import AttentionMode
+
+
+def _example(extra: Any, i: int, n: int) -> Any:
+    """Example ``i``'s row of the additional forward arguments (tensors with N rows)."""
+    if extra is None:
+        return None
+    return tuple(
+        a[i : i + 1] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a
+        for a in extra
+    )
 
 
 def _target_mask(output: Tensor, target: TargetType) -> Tensor:
@@ -73,6 +85,9 @@ class PropagationLRP(GradientAttribution):
             attribute wins, as in Captum's ``LRP``.
         input_rule (PropagationRule, optional): rule of the layers receiving the
             input. Default: ``ZBoxRule()``.
+        attention (str, optional): how relevance crosses attention
+            (:class:`~captum_fdcam.propagation.AttentionRule`): ``"cp"``, the
+            attention weights held constant (CP-LRP), or ``"attnlrp"``. Default: "cp"
     """
 
     def __init__(
@@ -81,6 +96,7 @@ class PropagationLRP(GradientAttribution):
         *,
         rules: Mapping[Module | type[Module], RuleSpec] | None = None,
         input_rule: PropagationRule | None = None,
+        attention: AttentionMode = "cp",
     ) -> None:
         if not isinstance(model, Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -90,6 +106,8 @@ class PropagationLRP(GradientAttribution):
         self.model = model
         self.rules = rules
         self.input_rule = ZBoxRule() if input_rule is None else input_rule
+        RuleAssignment(None, None, attention)  # checks the mode now
+        self.attention = attention
 
     def output_relevance(self, output: Tensor, target: TargetType) -> Tensor:
         """Relevance at the model's (N, C) output where propagation starts."""
@@ -121,13 +139,50 @@ class PropagationLRP(GradientAttribution):
         with attribution_call(self.model, type(self).__name__, perturbs=False, propagates=True):
             relevance = propagate(
                 self.model,
-                RuleAssignment(self.rules, self.input_rule),
+                RuleAssignment(self.rules, self.input_rule, self.attention),
                 formatted,
                 _format_additional_forward_args(additional_forward_args),
                 start_relevance=lambda output: self.output_relevance(output, target),
             )
         warn_constant_maps(relevance, type(self).__name__)
         return _format_output(_is_tuple(inputs), relevance)
+
+    def relevance_shares(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+    ) -> dict[str, Tensor]:
+        """Where each example's start relevance (the target's, see
+        :meth:`output_relevance`) ends: at the input, or on a parameter.
+
+        One propagation per example. Returns (N,) float64 tensors by kind
+        (:func:`captum_fdcam.propagation.engine.relevance_shares`): ``start``, ``end``
+        (the map's sum), ``position embeddings``, ``class, distillation and register
+        tokens``, ``biases``, ``rules`` and ``other``; ``end`` and the kinds after it
+        sum to ``start``.
+        """
+        check_gradients_possible(type(self).__name__)
+        formatted = _format_tensor_into_tuples(inputs)
+        check_inputs(formatted)
+        extra = _format_additional_forward_args(additional_forward_args)
+        rows = target_rows(target, formatted[0].shape[0]) if target is not None else None
+
+        def one(i: int, shares: dict[str, float]) -> tuple[Tensor, ...]:
+            example = tuple(x[i : i + 1] for x in formatted)
+            example_extra = _example(extra, i, formatted[0].shape[0])
+            row = None if rows is None else [rows[i]]
+            return propagate(
+                self.model,
+                RuleAssignment(self.rules, self.input_rule, self.attention),
+                example,
+                example_extra,
+                start_relevance=lambda output: self.output_relevance(output, row),
+                shares=shares,
+            )
+
+        with attribution_call(self.model, type(self).__name__, perturbs=False, propagates=True):
+            return relevance_shares(one, formatted[0].shape[0])
 
 
 class CLRP(PropagationLRP):

@@ -2,10 +2,14 @@
 
 from captum_fdcam.propagation.assignment import RuleAssignment, default_rules
 from captum_fdcam.propagation.engine import Propagation, propagate
+from captum_fdcam.propagation.modes import AttentionRule, ContextRule, NormRule
 from captum_fdcam.propagation.rules import EngineRule, ZBoxRule, ZPlusRule, rule_relevance
 
 __all__ = [
+    "AttentionRule",
+    "ContextRule",
     "EngineRule",
+    "NormRule",
     "Propagation",
     "RuleAssignment",
     "ZBoxRule",

@@ -26,6 +26,8 @@ already imported (a model holding one has imported it), never imported here.
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
 from collections.abc import Callable, Mapping
 
@@ -34,6 +36,7 @@ from torch import nn
 from torch.nn import Module
 
 from captum_fdcam._core.validation import layer_name
+from captum_fdcam.propagation.modes import AttentionMode, AttentionRule, ContextRule, NormRule
 from captum_fdcam.propagation.rules import ZBoxRule, ZPlusRule
 
 #: A rule, or a class or factory that makes one per module.
@@ -142,6 +145,7 @@ OPTIONAL_ACTIVATIONS: ClassTable = (
 #: identity in eval mode): ``IdentityRule``, as BatchNorm and dropout.
 OPTIONAL_NORMS_AND_DROPOUT: ClassTable = (
     ("torchvision.ops.misc", ("FrozenBatchNorm2d",)),
+    ("torchvision.ops.stochastic_depth", ("StochasticDepth",)),  # Swin's, ConvNeXt's
     ("timm.layers.norm_act", ("FrozenBatchNormAct2d",)),
     ("timm.layers.drop", ("DropPath", "DropBlock2d")),
 )
@@ -189,10 +193,18 @@ def default_rules() -> dict[type[Module], RuleSpec]:
     block (torchvision's, timm's, transformers': ``assignment.GATED_BLOCKS``) passes
     relevance unchanged as a whole: its gate is treated as a constant. timm's and
     transformers' classes are included once their modules are imported.
+
+    Transformers: LayerNorm, GroupNorm and RMSNorm (and their subclasses) get
+    :class:`~captum_fdcam.propagation.NormRule` (the standard deviation held constant);
+    attention modules (``nn.MultiheadAttention``, torchvision's Swin attention, and any
+    module whose class is named for attention, as timm's and Hugging Face's are) get
+    :class:`~captum_fdcam.propagation.AttentionRule` (CP-LRP by default).
     """
     table: dict[type[Module], RuleSpec] = {}
     for kind in _WEIGHTED + _POOLS + loaded_classes(OPTIONAL_POOLS):
         table[kind] = ZPlusRule
+    for kind in DATA_DEPENDENT_NORMS:
+        table[kind] = NormRule
     for kind in (
         *_ACTIVATIONS,
         *_NORMS_AND_DROPOUT,
@@ -224,6 +236,9 @@ PASSTHROUGH: tuple[type[Module], ...] = (
     # An empty one is the identity (GhostNet's shortcut); one with children is no leaf.
     nn.Sequential,
     *_permute(),
+    # Inside an attention module its AttentionRule acts on the softmax; anywhere else
+    # the engine's guard refuses it (a softmax outside attention has no rule here).
+    nn.Softmax,
 )
 
 
@@ -236,21 +251,26 @@ def _window_attention() -> tuple[type[Module], ...]:
     return (ShiftedWindowAttention,)
 
 
-#: Attention: ``nn.MultiheadAttention`` is not a leaf module (its ``out_proj`` is
-#: never called as a module), so without this check the engine would pass
-#: relevance through it by plain gradients, silently.
+#: Attention modules of torch and torchvision (``nn.MultiheadAttention`` computes its
+#: projections in ``F.multi_head_attention_forward``, no child module is called); timm's
+#: and Hugging Face's are recognised by their class names (:func:`_named_attention`).
 ATTENTION: tuple[type[Module], ...] = (nn.MultiheadAttention, *_window_attention())
 #: Normalisations by a statistic of the same input (per token or per group).
-DATA_DEPENDENT_NORMS: tuple[type[Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+DATA_DEPENDENT_NORMS: tuple[type[Module], ...] = tuple(
+    kind for kind in (nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None)) if kind
+)
 
 _NO_RULE = "which no rule here (z+, z^B, Captum's weight-rewriting rules) propagates through"
-_TRANSFORMER_LRP = (
-    "Transformer LRP (Chefer et al., CVPR 2021; AttnLRP, Achtibat et al., ICML 2024) "
-    "needs dedicated rules for attention and LayerNorm, which are not implemented here; "
-    "passing relevance by their gradients instead would not be LRP. Explain such a "
-    "model with a CAM at one of its layers, or give the module a rule yourself "
-    "(module.rule) if you accept what that rule means there."
-)
+_ATTENTION_NAME = re.compile(r"attention|attn", re.IGNORECASE)
+
+
+def _named_attention(module: Module) -> bool:
+    """An attention module of timm or Hugging Face (``Attention``, ``WindowAttention``,
+    ``ViTAttention``, ``SwinSelfAttention``...): a class named so that computes
+    something of its own (a projection)."""
+    return bool(_ATTENTION_NAME.search(type(module).__name__)) and any(
+        isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) for m in module.modules()
+    )
 
 
 #: Convolutions that standardise their weights in ``forward``: the rules' rewritten
@@ -286,16 +306,6 @@ def unsupported_reason(module: Module) -> str | None:
         return (
             f"{type(module).__name__} weighs its branches by a softmax of its own input "
             f"(attention over kernels), a product of two activations, {_NO_RULE}."
-        )
-    if isinstance(module, ATTENTION):
-        return (
-            f"attention computes softmax(Q K^T) V, a product of two activations, "
-            f"{_NO_RULE}. {_TRANSFORMER_LRP}"
-        )
-    if isinstance(module, DATA_DEPENDENT_NORMS):
-        return (
-            f"{type(module).__name__} divides by a standard deviation (or RMS) computed "
-            f"from its own input, {_NO_RULE}. {_TRANSFORMER_LRP}"
         )
     return None
 
@@ -387,13 +397,20 @@ class RuleAssignment:
             or factory called once per module).
         input_rule: rule of the modules that receive the model's input directly;
             ``None`` gives them the rule of their type. Default: ``ZBoxRule()``.
+        attention: the mode of the attention modules' default
+            :class:`~captum_fdcam.propagation.AttentionRule`: ``"cp"`` (attention
+            weights held constant) or ``"attnlrp"``.
     """
 
     def __init__(
         self,
         rules: Mapping[Module | type[Module], RuleSpec] | None = None,
         input_rule: PropagationRule | None = None,
+        attention: AttentionMode = "cp",
     ) -> None:
+        # Checked here: a wrong mode should fail before the forward pass.
+        AttentionRule(attention)
+        self._attention: RuleSpec = functools.partial(AttentionRule, attention)
         self._by_module: dict[int, RuleSpec] = {}
         self._by_type = default_rules()
         for key, spec in (rules or {}).items():
@@ -432,6 +449,10 @@ class RuleAssignment:
                 return self._by_type[kind]
             if kind in stops:
                 return None  # not Conv2d's rule: see WEIGHT_STANDARDISED
+        if isinstance(module, ATTENTION) or (
+            _named_attention(module) and not isinstance(module, loaded_classes(KERNEL_ATTENTION))
+        ):
+            return self._attention
         return None
 
     def _resolve(self, module: Module, receives_input: bool) -> PropagationRule | None:
@@ -446,9 +467,15 @@ class RuleAssignment:
         if id(module) in self._by_module:
             return _make(self._by_module[id(module)])
         spec = self._type_spec(module)
-        if receives_input and self.input_rule is not None and _has_weight(module):
+        rule = None if spec is None else _make(spec)
+        if (
+            receives_input
+            and self.input_rule is not None
+            and _has_weight(module)
+            and not isinstance(rule, ContextRule)  # a LayerNorm on the input keeps its rule
+        ):
             return self.input_rule
-        return None if spec is None else _make(spec)
+        return rule
 
 
 def _has_weight(module: Module) -> bool:

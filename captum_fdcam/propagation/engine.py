@@ -47,6 +47,7 @@ from captum_fdcam.propagation.assignment import (
     missing_rule_message,
     unsupported_reason,
 )
+from captum_fdcam.propagation.modes import ContextRule, StraySoftmaxGuard
 from captum_fdcam.propagation.rules import relevance_ratio, rule_ratio, rule_relevance
 
 
@@ -118,9 +119,23 @@ class _Session:
     start_call: tuple[_RoutedCall, tuple[Tensor, ...]] | None = None
     end_tensors: tuple[Tensor, ...] | None = None
     input_relevance: list[Tensor] = field(default_factory=list)
+    #: The context rules' calls in progress: (module, its entered context).
+    contexts: list[tuple[Module, Any]] = field(default_factory=list)
+    #: The modules being run, innermost last (for messages).
+    running: list[Module] = field(default_factory=list)
+    guard: StraySoftmaxGuard | None = None
+    #: Relevance the routed rules keep, by kind, while shares are asked for.
+    accounting: dict[str, float] | None = None
 
     def install(self) -> None:
         self.input_relevance = [torch.zeros_like(x) for x in self.leaves]
+        # A softmax outside every attention module's rule would be crossed by its plain
+        # gradient: refused while the propagation's part of the forward pass runs.
+        self.guard = StraySoftmaxGuard(
+            lambda: not self.paused and not self.inside,
+            lambda: self._name(self.running[-1]) if self.running else "The model",
+        )
+        self.guard.__enter__()
         own = this_thread_only
         for module in self.model.modules():
             self.handles.append(module.register_forward_pre_hook(own(self._pre)))
@@ -144,6 +159,11 @@ class _Session:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        self.close_contexts()
+        if self.guard is not None:
+            self.guard.__exit__(None, None, None)
+            self.guard = None
+        self.running.clear()
         # The autograd graph refers to this session (through each routed call) and
         # these refer to the graph: a cycle through C++ nodes that Python's
         # collector cannot break, so it is cut here.
@@ -156,6 +176,21 @@ class _Session:
     def _name(self, module: Module) -> str:
         return layer_name(self.model, module)
 
+    def pause(self) -> None:
+        """Stops recording: later module calls run as if the hooks were not there, and the
+        softmax guard, whose check costs every torch call a Python dispatch, is left
+        where nothing was entered after it (a start layer inside an attention module
+        keeps it until the session ends)."""
+        self.paused = True
+        if self.guard is not None and not self.contexts:
+            self.guard.__exit__(None, None, None)
+            self.guard = None
+
+    def close_contexts(self) -> None:
+        """Leaves the context rules' contexts a stopped forward pass left entered."""
+        while self.contexts:
+            self.contexts.pop()[1].__exit__(None, None, None)
+
     def _slot(self, value: Any) -> int | None:
         for i, leaf in enumerate(self.leaves):
             if value is leaf:
@@ -165,6 +200,7 @@ class _Session:
     def _pre(self, module: Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if self.paused:
             return None
+        self.running.append(module)
         if self.inside or not self.assignment.has_rule(module):
             if not self.inside:
                 # Checked on composite modules too: MultiheadAttention's children
@@ -180,6 +216,14 @@ class _Session:
         receives_input = any(s is not None for s in slots)
         rule = self.assignment.rule(module, receives_input=receives_input)
         assert rule is not None  # has_rule() said so
+        if isinstance(rule, ContextRule):
+            # The module's forward pass builds a changed graph, which relevance follows;
+            # the modules it calls keep their rules.
+            context = rule.context(module)
+            context.__enter__()
+            self.contexts.append((module, context))
+            self.frames.append(None)
+            return None
         if (
             type(module) is nn.ReLU
             and type(rule) is IdentityRule
@@ -201,6 +245,11 @@ class _Session:
         return None
 
     def _post(self, module: Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
+        if self.contexts and self.contexts[-1][0] is module:
+            # Also after the start layer paused the session: the context was entered.
+            self.contexts.pop()[1].__exit__(None, None, None)
+        if self.running and self.running[-1] is module:
+            self.running.pop()
         if self.paused:
             return None
         frame = self.frames.pop()
@@ -273,7 +322,7 @@ class _Session:
         # Nothing after the start layer propagates relevance: the rest of this
         # pass, and any later pass, runs as if the hooks were not there, and
         # without a graph unless the caller's own hooks switch it back on.
-        self.paused = True
+        self.pause()
         torch.set_grad_enabled(False)
 
     def _enter_start(self, module: Module, args: tuple[Any, ...]) -> None:
@@ -303,6 +352,15 @@ class _Session:
             raise RuntimeError(
                 f"The rule of {self._name(call.module)} returned {len(results)} relevance "
                 f"tensors for {len(inputs)} inputs."
+            )
+        if self.accounting is not None:
+            # What the rule did not pass on (a bias in its denominator, a 0 / 0 it
+            # dropped): the rules' share of the start relevance.
+            passed = sum(
+                (r if exact else x * r).sum() for x, r in zip(inputs, results, strict=True)
+            )
+            self.accounting["rules"] = self.accounting.get("rules", 0.0) + float(
+                relevance.sum() - passed
             )
         if not exact:
             return list(results)
@@ -372,19 +430,26 @@ class Propagation:
                 )
             except _StopForward:
                 self.output = None
+                self._session.close_contexts()
 
-    def relevance(self, start_relevance: Callable[[Tensor], Tensor]) -> tuple[Tensor, ...]:
+    def relevance(
+        self, start_relevance: Callable[[Tensor], Tensor], shares: dict[str, float] | None = None
+    ) -> tuple[Tensor, ...]:
         """Propagates from ``start`` to ``end``.
 
         Args:
             start_relevance: maps the (detached) output of ``start`` (or the
                 model's output) to the relevance there, same shape.
+            shares: a dict to fill with where the start relevance went, summed over
+                the batch (see :func:`relevance_shares`).
 
         Returns:
             The relevance of each tensor of ``end`` (or of each input), detached.
         """
         session = self._session
-        session.paused = True
+        if shares is not None:
+            session.accounting = {}
+        session.pause()
         start, end = session.start, session.end
         if start is None:
             # A Hugging Face output object: relevance starts at its logits.
@@ -405,6 +470,9 @@ class Propagation:
             wrt = session.end_tensors
         value = origin.detach()
         relevance = start_relevance(value)
+        # Parameters the relevance can end on in code without a rule (class tokens,
+        # position embeddings, biases of LayerNorm and attention): their gradient x value.
+        kept = _additive_parameters(session.model) if shares is not None else []
         routed = session.start_call if start is not None else session.routed_call(origin)
         with torch.enable_grad():
             if routed is None:
@@ -420,11 +488,20 @@ class Propagation:
                 pairs = [(x, c) for x, c in zip(call_inputs, found, strict=True) if c is not None]
                 outputs = [x for x, _ in pairs if x.requires_grad]
                 ratios = [c for x, c in pairs if x.requires_grad]
-            grads = (
-                torch.autograd.grad(outputs, wrt, ratios, allow_unused=True)
+            targets = [*wrt, *(p for _, p in kept)]
+            found_grads = (
+                torch.autograd.grad(outputs, targets, ratios, allow_unused=True)
                 if outputs
-                else (None,) * len(wrt)
+                else (None,) * len(targets)
             )
+            grads = found_grads[: len(wrt)]
+        if shares is not None:
+            shares["start"] = float(relevance.sum())
+            for (kind, parameter), grad in zip(kept, found_grads[len(wrt) :], strict=True):
+                share = 0.0 if grad is None else float((parameter.detach() * grad).sum())
+                shares[kind] = shares.get(kind, 0.0) + share
+            shares.update(session.accounting or {})
+            session.accounting = None
         results = []
         for tensor, grad in zip(wrt, grads, strict=True):
             slot = session._slot(tensor)
@@ -439,6 +516,36 @@ class Propagation:
         return tuple(results)
 
 
+#: The kinds of parameters relevance can end on, by the last part of their names.
+_POSITION = ("pos_embed", "pos_embedding", "position_embeddings", "absolute_pos_embed")
+_TOKENS = (
+    "cls_token",
+    "class_token",
+    "dist_token",
+    "distillation_token",
+    "reg_token",
+    "register_tokens",
+)
+
+
+def _additive_parameters(model: Module) -> list[tuple[str, Tensor]]:
+    """The parameters that enter the network by addition or concatenation, by kind:
+    relevance reaching them (gradient x value) stays there. Multiplicative ones (weights,
+    layer scales) are left out: their gradient x value is not relevance kept."""
+    kept = []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        last = name.rsplit(".", 1)[-1]
+        if last in _POSITION:
+            kept.append(("position embeddings", parameter))
+        elif last in _TOKENS:
+            kept.append(("class, distillation and register tokens", parameter))
+        elif "bias" in last:
+            kept.append(("biases", parameter))
+    return kept
+
+
 def propagate(
     model: Module,
     assignment: RuleAssignment,
@@ -448,12 +555,61 @@ def propagate(
     start: Module | None = None,
     end: Module | None = None,
     end_input: bool = False,
+    shares: dict[str, float] | None = None,
 ) -> tuple[Tensor, ...]:
     """Propagates relevance from ``start`` (or the model's output) to ``end``.
 
     One forward pass (stopped at ``start``) and one backward pass; see
-    :class:`Propagation` for the arguments.
+    :class:`Propagation` for the arguments and ``shares``.
     """
     with Propagation(model, assignment, inputs, start, end, end_input) as run:
         run.forward(additional_forward_args)
-        return run.relevance(start_relevance)
+        return run.relevance(start_relevance, shares)
+
+
+#: The kinds of :func:`relevance_shares`, in the order of its dict.
+SHARE_KINDS = (
+    "start",
+    "end",
+    "position embeddings",
+    "class, distillation and register tokens",
+    "biases",
+    "rules",
+    "tokens outside the map",
+    "other",
+)
+
+
+def relevance_shares(
+    run_one: Callable[[int, dict[str, float]], tuple[Tensor, ...]], count: int
+) -> dict[str, Tensor]:
+    """Where each example's start relevance ends, one propagation per example.
+
+    ``run_one(i, shares)`` propagates example ``i`` alone, filling ``shares`` (see
+    :meth:`Propagation.relevance`), and returns the relevance at the end. The result
+    has one (N,) float64 tensor per kind of :data:`SHARE_KINDS`:
+
+    - ``start``: the relevance where propagation starts (the target's logit for LRP, the
+      CAM's mass at its layer for FG-CAM);
+    - ``end``: the relevance at the end (the input's or the layer's), the map's sum;
+    - ``position embeddings``, ``class, distillation and register tokens``, ``biases``:
+      what parameters that enter by addition keep (gradient x value), in the code
+      without a rule (LayerNorm and attention included: their biases);
+    - ``rules``: what the layers with a routed rule keep (z+ ignores biases; a neuron
+      whose every contribution is 0 keeps its relevance);
+    - ``tokens outside the map``: FG-CAM at a token layer: what its class token (or
+      another token the layer's map leaves out) holds;
+    - ``other``: the rest (buffers added in the forward pass, rounding):
+      ``start - end - the others``.
+    """
+    kinds = {kind: [] for kind in SHARE_KINDS}
+    for i in range(count):
+        shares: dict[str, float] = {}
+        ends = run_one(i, shares)
+        shares["end"] = float(sum(r.sum() for r in ends))
+        shares["other"] = shares["start"] - sum(
+            value for kind, value in shares.items() if kind not in ("start", "other")
+        )
+        for kind in SHARE_KINDS:
+            kinds[kind].append(shares.get(kind, 0.0))
+    return {kind: torch.tensor(values, dtype=torch.float64) for kind, values in kinds.items()}

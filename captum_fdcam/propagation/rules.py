@@ -307,7 +307,13 @@ class ZPlusRule(EngineRule, Alpha1_Beta0_Rule):
         {\sum_{i'} x_{i'}^+ w_{i'j}^+ + x_{i'}^- w_{i'j}^-} R_j
 
     Every contribution in the denominator is non-negative, so positive relevance
-    stays positive and is conserved wherever the denominator is non-zero. For
+    stays positive and is conserved wherever the denominator is non-zero. A neuron with
+    no positive contribution at all (the denominator 0: every input opposes it, as a
+    window of negative LayerNorm outputs in an average pooling) would drop its
+    relevance; where the input is signed, its negative contributions share it instead,
+    :math:`R_i = (x_i^+ w_{ij}^- + x_i^- w_{ij}^+) / z_j^- \, R_j`, so that relevance is
+    conserved wherever any contribution is non-zero (after a ReLU such a neuron keeps
+    the paper's convention: it passes nothing on). For
     non-negative inputs (after a ReLU) it is Captum's ``Alpha1_Beta0_Rule`` with
     the bias set to zero; in Captum's ``LRP`` this rule applies the signed form
     too (through ``EngineRule.forward_hook``, not by rewriting weights).
@@ -339,28 +345,53 @@ class ZPlusRule(EngineRule, Alpha1_Beta0_Rule):
         self, module: Module, inputs: Sequence[Tensor], relevance: Tensor
     ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         """The positive (and negative) parts of the input and the gradients
-        ``W^{+T} s`` (and ``W^{-T} s``) with ``s = R / z``."""
+        ``W^{+T} s`` (and ``W^{-T} s``) with ``s = R / z``; where a neuron has no
+        positive contribution (``z = 0``), the gradients of its negative contributions
+        with ``s = R / z^-`` are added (see the class)."""
         x = _single_input(inputs, "ZPlusRule")
         weight = _weight(module, "ZPlusRule")
         # Inputs after a ReLU have no negative part: one pass to find out saves a
         # copy and, for weighted layers, a second convolution.
         signed = x.numel() > 0 and bool(x.min() < 0)
         positive = (x.clamp(min=0) if signed else x.detach()).requires_grad_()
-        with torch.enable_grad():
-            if weight is None:
-                z = module.forward(positive)
-                parts: tuple[Tensor, ...] = (positive,)
-            else:
+        negative = x.clamp(max=0).requires_grad_() if signed else None
+
+        def contributions(same_sign: bool) -> tuple[Tensor | None, tuple[Tensor, ...]]:
+            """z from the contributions of one sign: positive (x+ w+ and x- w-) or
+            negative (x+ w- and x- w+)."""
+            with torch.enable_grad():
+                if weight is None:  # pooling: the inputs of that sign
+                    part = positive if same_sign else negative
+                    return (None, ()) if part is None else (module.forward(part), (part,))
                 bias = _zero_bias(module)
-                z = functional_call(module, {"weight": weight.clamp(min=0), **bias}, (positive,))
-                parts = (positive,)
-                if signed:
-                    negative = x.clamp(max=0).requires_grad_()
-                    z = z + functional_call(
-                        module, {"weight": weight.clamp(max=0), **bias}, (negative,)
-                    )
-                    parts = (positive, negative)
-        return parts, _part_gradients(z, parts, relevance)
+                up, down = weight.clamp(min=0), weight.clamp(max=0)
+                first, second = (up, down) if same_sign else (down, up)
+                z = functional_call(module, {"weight": first, **bias}, (positive,))
+                if negative is None:
+                    return z, (positive,)
+                z = z + functional_call(module, {"weight": second, **bias}, (negative,))
+                return z, (positive, negative)
+
+        z, parts = contributions(True)
+        assert z is not None
+        grads = list(_part_gradients(z, parts, relevance))
+        lost = (z.detach() == 0) & (relevance != 0) if signed else None
+        if lost is not None and bool(lost.any()):
+            # Signed inputs (LayerNorm, SiLU, a linear bottleneck), and a neuron with no
+            # positive contribution: z+ is 0 / 0 there, and its relevance would be
+            # dropped. Its negative contributions share it instead. (After a ReLU a
+            # neuron without positive contribution keeps the paper's 0: FG-CAM's maps of
+            # ReLU networks are the paper's.)
+            z_neg, parts_neg = contributions(False)
+            if z_neg is not None:
+                extra = _part_gradients(z_neg, parts_neg, relevance.masked_fill(~lost, 0))
+                for part, grad in zip(parts_neg, extra, strict=True):
+                    index = next((i for i, p in enumerate(parts) if p is part), None)
+                    if index is None:
+                        parts, grads = (*parts, part), [*grads, grad]
+                    else:
+                        grads[index] = grads[index] + grad
+        return parts, tuple(grads)
 
 
 class ZBoxRule(EngineRule):
