@@ -326,6 +326,40 @@ def short_error(error: str, limit: int = 80) -> str:
     return error if len(error) <= limit else error[: limit - 1] + "…"
 
 
+def relevance_cell(row: dict[str, Any], spec: str) -> str:
+    """The range of a row's relevance / target logit over its examples."""
+    values = row.get("relevance_over_logit")
+    if not values:
+        return "—"
+    low, high = min(values), max(values)
+    if len(values) == 1 or low == high:
+        return format(low, spec)
+    return f"{format(low, spec)} … {format(high, spec)}"
+
+
+def targets_table(checks: list[dict[str, Any]]) -> str:
+    """Each target check (model, batch, quantity, value, target, met) as a table."""
+    lines = ["| model | batch | quantity | value | target | met |", "|---|---:|---|---:|---|---|"]
+    for c in checks:
+        met = "—" if c["met"] is None else ("yes" if c["met"] else "**no**")
+        lines.append(
+            f"| {c['model']} | {c['batch']} | {c['quantity']} | {fmt(c['value'], '.2f')} "
+            f"| {c['target']} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def warnings_list(rows: list[dict[str, Any]]) -> str:
+    """The warnings each row's calls raised, one bullet per row."""
+    lines = [
+        f"- {row['model']} batch {row['batch']} {row['impl']}: "
+        + "; ".join(f"`{w}`" for w in row["warnings"])
+        for row in rows
+        if row.get("warnings")
+    ]
+    return "\n".join(lines) + "\n" if lines else "- (none)\n"
+
+
 def version(dist: str) -> str:
     try:
         return metadata.version(dist)

@@ -49,8 +49,11 @@ from _common import (
     measure_calls,
     proc_status_kib,
     release_free_memory,
+    relevance_cell,
     script_main,
     short_error,
+    targets_table,
+    warnings_list,
     write_results,
 )
 
@@ -251,14 +254,6 @@ def check_targets(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[
     return out
 
 
-def _relevance_cell(row: dict[str, Any]) -> str:
-    values = row.get("relevance_over_logit")
-    if not values:
-        return "—"
-    low, high = min(values), max(values)
-    return f"{low:.3g}" if len(values) == 1 or low == high else f"{low:.3g} … {high:.3g}"
-
-
 def _impl_cell(row: dict[str, Any]) -> str:
     if row["impl"] == FLOOR:
         return "floor (forward + backward to input)"
@@ -290,33 +285,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 fmt(row.get("ratio_to_captum_lrp"), ".2f"),
                 f"{row['peak_extra_mib']:.0f}",
                 fmt(row.get("rss_growth_mib_per_call"), ".0f"),
-                _relevance_cell(row),
+                relevance_cell(row, ".3g"),
                 str(row["repeats"]),
                 fmt(row.get("foreign_cpu_share"), ".0%"),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return header + "\n".join(lines) + "\n"
-
-
-def targets_table(checks: list[dict[str, Any]]) -> str:
-    lines = ["| model | batch | quantity | value | target | met |", "|---|---:|---|---:|---|---|"]
-    for c in checks:
-        met = "—" if c["met"] is None else ("yes" if c["met"] else "**no**")
-        lines.append(
-            f"| {c['model']} | {c['batch']} | {c['quantity']} | {fmt(c['value'], '.2f')} "
-            f"| {c['target']} | {met} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def warnings_list(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"- {row['model']} batch {row['batch']} {row['impl']}: "
-        + "; ".join(f"`{w}`" for w in row["warnings"])
-        for row in rows
-        if row.get("warnings")
-    ]
-    return "\n".join(lines) + "\n" if lines else "- (none)\n"
 
 
 def library_source() -> dict[str, Any]:
@@ -459,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         if row.get("rss_growth_mib_per_call") is not None:
             summary += f", RSS +{row['rss_growth_mib_per_call']:.0f} MiB/call"
         if row.get("relevance_over_logit"):
-            summary += f", relevance/logit {_relevance_cell(row)}"
+            summary += f", relevance/logit {relevance_cell(row, '.3g')}"
         print(
             f"[{i:2d}/{len(configs)} {time.perf_counter() - start:6.0f} s] "
             f"{config['model']} b={config['batch']} {config['impl']}: {summary}",

@@ -405,8 +405,7 @@ class AutoLayout:
             return TokensToGrid(prefix_tokens=prefix, grid_size=grid)
         raise self._fail(
             shape,
-            f"a {len(shape)}-D output has no spatial map (pooled features, or not an image "
-            "layer)",
+            f"a {len(shape)}-D output has no spatial map (pooled features, or not an image layer)",
             "a layer before the pooling: (N, C, h, w), (N, h, w, C) or tokens (N, T, C)",
         )
 

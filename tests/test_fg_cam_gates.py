@@ -291,13 +291,15 @@ def test_an_unknown_gate_block_is_named_with_the_rule_to_give_it(nested: bool) -
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
     assert got.sum().item() == pytest.approx(r_out.sum().item(), rel=1e-6)
 
-    # What the message warns against: IdentityRule on the sigmoid sends all the
-    # relevance into both factors of x * gate, and the gate's share flows back to x
-    # through the squeeze, less what z+ drops in the narrow gate branch (where every
-    # active input of a neuron has a negative weight): up to twice the relevance.
+    # What the message warns against: IdentityRule on the sigmoid would send all the
+    # relevance into both factors of x * gate (up to twice the relevance). That product
+    # of two activations outside a module with a rule is refused, naming the block.
     assignment = RuleAssignment({nn.Sigmoid: IdentityRule}, ZBoxRule())
-    (doubled,) = propagate(model, assignment, (x,), None, lambda _: r_out, model.conv2)
-    assert 1.2 < (doubled.sum() / r_out.sum()).item() <= 2 + 1e-9
+    with pytest.raises(UnsupportedModuleError) as doubled:
+        propagate(model, assignment, (x,), None, lambda _: r_out, model.conv2)
+    message = str(doubled.value)
+    assert message.startswith("'block' (ToyGate) multiplies two activations element-wise")
+    assert "ProductRule()" in message and "IdentityRule()" in message
 
 
 def test_other_leaves_without_rule_inside_a_block_mention_the_block() -> None:

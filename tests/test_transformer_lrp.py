@@ -14,8 +14,10 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,6 +176,12 @@ def _unfused(model: nn.Module) -> nn.Module:
     return model
 
 
+def _swiglu() -> type[nn.Module]:
+    from timm.layers import SwiGLUPacked
+
+    return SwiGLUPacked
+
+
 def _hf_vit() -> nn.Module:
     torch.manual_seed(0)
     config = transformers.ViTConfig(
@@ -226,6 +234,22 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], int]] = {
         32,
     ),
     "timm-efficientnet": (lambda: _timm("efficientnet_b0"), 64),
+    # gated MLPs (ProductRule) and EVA-02 (SwiGLU, rotary position embedding)
+    "timm-vit-swiglu": (
+        lambda: _timm("vit_tiny_patch16_224", mlp_layer=_swiglu(), act_layer=nn.SiLU, **_VIT),
+        32,
+    ),
+    "timm-eva02": (
+        lambda: _timm(
+            "eva02_tiny_patch14_224",
+            img_size=28,
+            patch_size=14,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+        ),
+        28,
+    ),
     "huggingface-vit": (_hf_vit, 32),
 }
 
@@ -294,9 +318,7 @@ def test_fg_cam_conserves_the_cam_mass_at_its_layer(name: str) -> None:
         cam = base.attribute(x, target=[1, 2])
         fine = FGCam(base).attribute(x, target=[1, 2])
     assert fine.shape == (2, 1, *x.shape[-2:])
-    torch.testing.assert_close(
-        fine.flatten(1).sum(1), cam.flatten(1).sum(1), rtol=1e-6, atol=1e-12
-    )
+    torch.testing.assert_close(fine.flatten(1).sum(1), cam.flatten(1).sum(1), rtol=1e-6, atol=1e-12)
 
 
 # ---------------------------------------------------------- FG-CAM on transformers
@@ -343,6 +365,47 @@ def test_fg_score_cam_on_a_vit() -> None:
     assert fine.shape == (2, 1, 32, 32) and torch.isfinite(fine).all()
 
 
+class _GatedMlp(nn.Module):
+    """A gated MLP written by a user (SwiGLU): ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 3)
+        self.act = nn.SiLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+def test_a_gated_product_is_split_evenly_or_refused() -> None:
+    from captum_fdcam.errors import UnsupportedModuleError
+    from captum_fdcam.propagation import ProductRule
+
+    torch.manual_seed(0)
+    model = zeroed(_GatedMlp().double())
+    x = torch.randn(4, 6, dtype=torch.float64)
+    # Unknown to the library: refused, naming the module and both rules.
+    with pytest.raises(UnsupportedModuleError, match=r"^'_GatedMlp' \(_GatedMlp\) multiplies"):
+        PropagationLRP(model).attribute(x, target=1)
+    linear = {nn.Linear: lambda: EpsilonRule(epsilon=0)}
+    ours = PropagationLRP(
+        model, rules={**linear, _GatedMlp: ProductRule}, input_rule=EpsilonRule(0)
+    ).attribute(x, target=1)
+    # The uniform rule by hand: each factor gets half of the product's relevance
+    # (gradient x input with each factor's gradient halved); SiLU passes its
+    # half on by the identity rule, to gate(x), then to x by gradient x input.
+    leaf = x.clone().requires_grad_()
+    gate, up = model.gate(leaf), model.up(leaf)
+    product = F.silu(gate) * up
+    out = model.down(product)
+    (g_product,) = torch.autograd.grad(out[:, 1].sum(), product, retain_graph=True)
+    r_half = product.detach() * g_product / 2
+    (g_up,) = torch.autograd.grad(up, leaf, grad_outputs=r_half / up.detach(), retain_graph=True)
+    (g_gate,) = torch.autograd.grad(gate, leaf, grad_outputs=r_half / gate.detach())
+    torch.testing.assert_close(ours, leaf.detach() * (g_up + g_gate), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ours.sum(1), out[:, 1].detach(), rtol=1e-9, atol=1e-12)
+
+
 def test_attention_modes_differ_and_a_wrong_mode_is_refused() -> None:
     model = built("timm-vit")
     x = images("timm-vit")
@@ -351,3 +414,61 @@ def test_attention_modes_differ_and_a_wrong_mode_is_refused() -> None:
     assert not torch.allclose(cp, attnlrp)
     with pytest.raises(ValueError, match="'cp' or 'attnlrp'"):
         PropagationLRP(model, attention="chefer")
+
+
+# ------------------------------------------------------------------------ the docs
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _section_blocks(page: Path, heading: str) -> list[str]:
+    """The python blocks of ``page`` from ``heading`` to the next heading of its level."""
+    text = page.read_text(encoding="utf-8")
+    level = heading.split(" ", 1)[0]
+    section = text.split(heading + "\n", 1)[1]
+    section = re.split(rf"^{level} ", section, flags=re.M)[0]
+    return re.findall(r"^```python\n(.*?)^```", section, flags=re.M | re.S)
+
+
+@pytest.mark.parametrize(
+    ("page", "heading", "names"),
+    [
+        ("fg-cam.md", "## Transformers", ("relevance", "fine", "patches", "stage", "swin_lrp")),
+        ("methods/lrp.md", "## Transformers", ("cp", "attnlrp", "contrastive", "shares")),
+        ("transformers.md", "## FG-CAM and LRP through attention", ("lrp", "fg_grad_cam")),
+    ],
+)
+def test_the_transformer_sections_of_the_docs_run_as_written(
+    page: str, heading: str, names: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocks = _section_blocks(DOCS / page, heading)
+    assert blocks, f"no python block under {heading!r} in {page}"
+    namespace: dict[str, object] = {}
+    for block in blocks:
+        exec(compile(block, str(DOCS / page), "exec"), namespace)
+    for name in names:
+        value = namespace[name]
+        if isinstance(value, Tensor):
+            assert torch.isfinite(value).all() and value.abs().sum() > 0, name
+    if "fine" in names:
+        assert namespace["fine"].shape == (2, 1, 64, 64)  # type: ignore[attr-defined]
+        assert namespace["patches"].shape == (2, 1, 4, 4)  # type: ignore[attr-defined]
+        assert namespace["stage"].shape == (2, 1, 16, 16)  # type: ignore[attr-defined]
+
+
+def test_attnlrp_reports_its_softmax_remainder_and_conserves_without_attention() -> None:
+    """AttnLRP's softmax rule is not conservative: with the keepers at 0, what misses the
+    input is reported under "other". Without attention (ConvNeXt) nothing is missing."""
+    import copy
+
+    vit = zeroed(copy.deepcopy(built("torchvision-vit")))
+    x = images("torchvision-vit")
+    shares = PropagationLRP(vit, attention="attnlrp").relevance_shares(x, target=[1, 2])
+    torch.testing.assert_close(
+        shares["end"] + shares["other"], shares["start"], rtol=1e-9, atol=1e-12
+    )
+    assert (shares["other"].abs() > 1e-3 * shares["start"].abs()).all()
+    convnext = zeroed(copy.deepcopy(built("timm-convnext")))
+    xc = images("timm-convnext")
+    shares = PropagationLRP(convnext, attention="attnlrp").relevance_shares(xc, target=[1, 2])
+    torch.testing.assert_close(shares["end"], shares["start"], rtol=1e-6, atol=1e-12)

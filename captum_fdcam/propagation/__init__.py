@@ -2,7 +2,7 @@
 
 from captum_fdcam.propagation.assignment import RuleAssignment, default_rules
 from captum_fdcam.propagation.engine import Propagation, propagate
-from captum_fdcam.propagation.modes import AttentionRule, ContextRule, NormRule
+from captum_fdcam.propagation.modes import AttentionRule, ContextRule, NormRule, ProductRule
 from captum_fdcam.propagation.rules import EngineRule, ZBoxRule, ZPlusRule, rule_relevance
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "ContextRule",
     "EngineRule",
     "NormRule",
+    "ProductRule",
     "Propagation",
     "RuleAssignment",
     "ZBoxRule",

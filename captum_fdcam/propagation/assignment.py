@@ -36,7 +36,13 @@ from torch import nn
 from torch.nn import Module
 
 from captum_fdcam._core.validation import layer_name
-from captum_fdcam.propagation.modes import AttentionMode, AttentionRule, ContextRule, NormRule
+from captum_fdcam.propagation.modes import (
+    AttentionMode,
+    AttentionRule,
+    ContextRule,
+    NormRule,
+    ProductRule,
+)
 from captum_fdcam.propagation.rules import ZBoxRule, ZPlusRule
 
 #: A rule, or a class or factory that makes one per module.
@@ -140,6 +146,9 @@ OPTIONAL_ACTIVATIONS: ClassTable = (
         ),
     ),
 )
+#: Gated MLPs, ``act(gate) * up``: :class:`~captum_fdcam.propagation.ProductRule`, the
+#: product's relevance split evenly between its two factors (AttnLRP; LXT).
+GATED_PRODUCTS: ClassTable = (("timm.layers.mlp", ("GluMlp", "SwiGLU", "SwiGLUPacked")),)
 #: BatchNorm with its statistics frozen (and timm's with an activation inside, like
 #: ``BatchNormAct2d``, a BatchNorm2d subclass), stochastic depth and DropBlock (the
 #: identity in eval mode): ``IdentityRule``, as BatchNorm and dropout.
@@ -198,13 +207,17 @@ def default_rules() -> dict[type[Module], RuleSpec]:
     :class:`~captum_fdcam.propagation.NormRule` (the standard deviation held constant);
     attention modules (``nn.MultiheadAttention``, torchvision's Swin attention, and any
     module whose class is named for attention, as timm's and Hugging Face's are) get
-    :class:`~captum_fdcam.propagation.AttentionRule` (CP-LRP by default).
+    :class:`~captum_fdcam.propagation.AttentionRule` (CP-LRP by default); gated MLPs
+    (timm's ``GluMlp``, ``SwiGLU``: ``assignment.GATED_PRODUCTS``) get
+    :class:`~captum_fdcam.propagation.ProductRule` (the product split evenly).
     """
     table: dict[type[Module], RuleSpec] = {}
     for kind in _WEIGHTED + _POOLS + loaded_classes(OPTIONAL_POOLS):
         table[kind] = ZPlusRule
     for kind in DATA_DEPENDENT_NORMS:
         table[kind] = NormRule
+    for kind in loaded_classes(GATED_PRODUCTS):
+        table[kind] = ProductRule
     for kind in (
         *_ACTIVATIONS,
         *_NORMS_AND_DROPOUT,
@@ -486,6 +499,7 @@ __all__ = [
     "ATTENTION",
     "DATA_DEPENDENT_NORMS",
     "GATED_BLOCKS",
+    "GATED_PRODUCTS",
     "KERNEL_ATTENTION",
     "PASSTHROUGH",
     "WEIGHT_STANDARDISED",

@@ -47,7 +47,7 @@ from captum_fdcam.propagation.assignment import (
     missing_rule_message,
     unsupported_reason,
 )
-from captum_fdcam.propagation.modes import ContextRule, StraySoftmaxGuard
+from captum_fdcam.propagation.modes import ContextRule, OperationGuard
 from captum_fdcam.propagation.rules import relevance_ratio, rule_ratio, rule_relevance
 
 
@@ -123,7 +123,7 @@ class _Session:
     contexts: list[tuple[Module, Any]] = field(default_factory=list)
     #: The modules being run, innermost last (for messages).
     running: list[Module] = field(default_factory=list)
-    guard: StraySoftmaxGuard | None = None
+    guard: OperationGuard | None = None
     #: Relevance the routed rules keep, by kind, while shares are asked for.
     accounting: dict[str, float] | None = None
 
@@ -131,7 +131,7 @@ class _Session:
         self.input_relevance = [torch.zeros_like(x) for x in self.leaves]
         # A softmax outside every attention module's rule would be crossed by its plain
         # gradient: refused while the propagation's part of the forward pass runs.
-        self.guard = StraySoftmaxGuard(
+        self.guard = OperationGuard(
             lambda: not self.paused and not self.inside,
             lambda: self._name(self.running[-1]) if self.running else "The model",
         )
@@ -245,6 +245,8 @@ class _Session:
         return None
 
     def _post(self, module: Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
+        if self.guard is not None and self.guard.problem is not None:
+            raise UnsupportedModuleError(self.guard.problem)
         if self.contexts and self.contexts[-1][0] is module:
             # Also after the start layer paused the session: the context was entered.
             self.contexts.pop()[1].__exit__(None, None, None)
@@ -599,8 +601,8 @@ def relevance_shares(
       whose every contribution is 0 keeps its relevance);
     - ``tokens outside the map``: FG-CAM at a token layer: what its class token (or
       another token the layer's map leaves out) holds;
-    - ``other``: the rest (buffers added in the forward pass, rounding):
-      ``start - end - the others``.
+    - ``other``: the rest (AttnLRP's softmax remainder, buffers added in the forward
+      pass, rounding): ``start - end - the others``.
     """
     kinds = {kind: [] for kind in SHARE_KINDS}
     for i in range(count):

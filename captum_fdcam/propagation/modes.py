@@ -3,7 +3,8 @@
 The engine carries relevance per unit of activation as the gradient (``R = x * g``), so
 code without a rule propagates relevance as gradient x input. A :class:`ContextRule` does
 not route its module's output through a rule: it changes the autograd graph its module's
-forward pass builds, while the values stay the same, and relevance then follows that graph.
+forward pass builds, with the same values up to float rounding, and relevance then
+follows that graph.
 This is how AttnLRP and CP-LRP are written for transformers (LXT's "efficient" mode):
 
 - :class:`NormRule`, for LayerNorm, RMSNorm and GroupNorm (and the subclasses timm and
@@ -65,6 +66,41 @@ def scale_gradient(x: Tensor, factor: float) -> Tensor:
 def _is_activation(value: Any) -> bool:
     """A tensor the relevance flows through: part of the graph, not a parameter."""
     return isinstance(value, Tensor) and value.requires_grad and not isinstance(value, nn.Parameter)
+
+
+#: Graph nodes walked, at most, to tell a tensor computed from parameters alone.
+_PARAMETER_WALK = 16
+
+
+def _from_parameters(value: Tensor) -> bool:
+    """Whether ``value`` is computed from parameters alone (LayerScale's ``gamma.reshape``,
+    a group norm's reshaped weight): a short walk of its graph reaches only parameters.
+    An activation's graph leads back to the inputs, through many more nodes."""
+    stack = [value.grad_fn]
+    seen = 0
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        seen += 1
+        if seen > _PARAMETER_WALK:
+            return False
+        variable = getattr(node, "variable", None)
+        if variable is not None:  # AccumulateGrad: a leaf
+            if not isinstance(variable, nn.Parameter):
+                return False
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return True
+
+
+def _two_activations(args: Sequence[Any]) -> bool:
+    """The first two arguments are activations, neither computed from parameters alone."""
+    return (
+        len(args) >= 2
+        and all(_is_activation(a) for a in args[:2])
+        and not any(_from_parameters(a) for a in args[:2])
+    )
 
 
 class ContextRule(PropagationRule):
@@ -145,12 +181,6 @@ if hasattr(F, "rms_norm"):
     _NORMS[F.rms_norm] = _rms_norm
 
 
-def _straight_through(value: Tensor, graph: Tensor) -> Tensor:
-    """``value``'s values with ``graph``'s gradient: the module computes exactly what it
-    computed, and relevance follows the changed graph (equal to ``value`` up to rounding)."""
-    return value.detach() + (graph - graph.detach())
-
-
 class _StdConstant(TorchFunctionMode):
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (), kwargs: Any = None
@@ -158,7 +188,9 @@ class _StdConstant(TorchFunctionMode):
         kwargs = kwargs or {}
         replacement = _NORMS.get(func)
         if replacement is not None:
-            return _straight_through(func(*args, **kwargs), replacement(*args, **kwargs))
+            # The same values up to rounding (the statistic computed by the formula, not
+            # the fused kernel), and the graph the rule wants: one pass, not two.
+            return replacement(*args, **kwargs)
         return func(*args, **kwargs)
 
 
@@ -178,18 +210,18 @@ class NormRule(ContextRule):
 
 # ------------------------------------------------------------------- attention
 
-# What ``__torch_function__`` receives for each spelling (``x.softmax`` gives TensorBase's).
-_SOFTMAX = {F.softmax, torch.softmax, Tensor.softmax, torch._C.TensorBase.softmax}
-_PRODUCTS = {
-    torch.matmul,
-    torch.bmm,
-    Tensor.matmul,
-    Tensor.__matmul__,
-    Tensor.bmm,
-    torch._C.TensorBase.matmul,
-    torch._C.TensorBase.__matmul__,
-    torch._C.TensorBase.bmm,
-}
+
+def _spellings(functions: tuple[Callable[..., Any], ...], methods: tuple[str, ...]) -> set[Any]:
+    """What ``__torch_function__`` receives for each spelling of one operation.
+
+    ``x.softmax`` and ``a @ b`` arrive as ``TensorBase``'s methods, not ``Tensor``'s.
+    """
+    classes = (Tensor, torch._C.TensorBase)
+    return set(functions) | {getattr(cls, name) for cls in classes for name in methods}
+
+
+_SOFTMAX = _spellings((F.softmax, torch.softmax), ("softmax",))
+_PRODUCTS = _spellings((torch.matmul, torch.bmm), ("matmul", "__matmul__", "bmm"))
 
 
 class _AttentionGraph(TorchFunctionMode):
@@ -213,11 +245,9 @@ class _AttentionGraph(TorchFunctionMode):
             out = func(*args, **kwargs)
             return out.detach() if self.mode == "cp" else out
         if func is F.multi_head_attention_forward:
-            # Composite: its own softmax runs where this mode cannot see it. Its values,
-            # with the gradient of the same attention written out here.
-            out, weights = func(*args, **kwargs)
-            graph = _multi_head_attention(self.mode, *args, **kwargs)
-            return _straight_through(out, graph), weights
+            # Composite: its own softmax runs where this mode cannot see it, so the same
+            # attention is written out here (the same values up to rounding).
+            return _multi_head_attention(self.mode, *args, **kwargs)
         if self.mode == "attnlrp" and func in _PRODUCTS and len(args) >= 2:
             a, b, *rest = args
             if _is_activation(a) and _is_activation(b):
@@ -253,10 +283,11 @@ def _multi_head_attention(
     static_v: Tensor | None = None,
     average_attn_weights: bool = True,
     is_causal: bool = False,
-) -> Tensor:
-    """``F.multi_head_attention_forward``'s attention output, (L, N, E), written out with
-    the attention weights as the rule wants them (inputs sequence-first, as the module
-    passes them)."""
+) -> tuple[Tensor, Tensor | None]:
+    """``F.multi_head_attention_forward`` written out, with the attention weights as the
+    rule wants them: the output (L, N, E) (inputs sequence-first, as the module passes
+    them) and, with ``need_weights``, the weights (N, L, S), averaged over the heads
+    unless ``average_attn_weights=False`` (N, heads, L, S)."""
     from captum_fdcam.errors import UnsupportedModuleError
 
     if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None:
@@ -281,9 +312,11 @@ def _multi_head_attention(
         F.linear(x, w, b).reshape(x.shape[0], batch * num_heads, head).transpose(0, 1)
         for x, w, b in zip((query, key, value), weights, biases, strict=True)
     )
-    scores = torch.bmm(q, k.transpose(1, 2)) / head**0.5 if mode == "cp" else torch.bmm(
-        scale_gradient(q, 0.5), scale_gradient(k, 0.5).transpose(1, 2)
-    ) / head**0.5
+    scores = (
+        torch.bmm(q, k.transpose(1, 2)) / head**0.5
+        if mode == "cp"
+        else torch.bmm(scale_gradient(q, 0.5), scale_gradient(k, 0.5).transpose(1, 2)) / head**0.5
+    )
     if attn_mask is not None:
         mask = attn_mask if attn_mask.dim() == 3 else attn_mask[None]
         scores = (
@@ -303,7 +336,11 @@ def _multi_head_attention(
     else:
         out = torch.bmm(scale_gradient(attention, 0.5), scale_gradient(v, 0.5))
     out = out.transpose(0, 1).reshape(length, batch, embed)
-    return F.linear(out, out_proj_weight, out_proj_bias)
+    out = F.linear(out, out_proj_weight, out_proj_bias)
+    if not need_weights:
+        return out, None
+    weights = attention.detach().reshape(batch, num_heads, length, source)
+    return out, weights.mean(dim=1) if average_attn_weights else weights
 
 
 class AttentionRule(ContextRule):
@@ -345,18 +382,61 @@ def _attention_context(mode: AttentionMode) -> Iterator[None]:
 
 
 class _Depth(threading.local):
-    """How many attention contexts the current thread is in."""
+    """How many attention (product) contexts the current thread is in."""
 
     value = 0
 
 
 _ATTENTION_DEPTH = _Depth()
+_PRODUCT_DEPTH = _Depth()
 
 
-class StraySoftmaxGuard(TorchFunctionMode):
+# ------------------------------------------------------------ element-wise products
+
+_ELEMENTWISE_PRODUCTS = _spellings((torch.mul, torch.multiply), ("mul", "__mul__", "__rmul__"))
+
+
+class _UniformProducts(TorchFunctionMode):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in _ELEMENTWISE_PRODUCTS and _two_activations(args):
+            a, b, *rest = args
+            return func(scale_gradient(a, 0.5), scale_gradient(b, 0.5), *rest, **kwargs)
+        return func(*args, **kwargs)
+
+
+class ProductRule(ContextRule):
+    """Element-wise products of two activations inside the module (a gated MLP's
+    ``act(gate) * up``): the uniform rule, half of the product's relevance to each factor
+    (AttnLRP, Achtibat et al., ICML 2024, Proposition 3.2; LXT's gated MLP). Products
+    with a parameter (LayerScale) are linear and pass as they are.
+
+    The default for timm's ``GluMlp``, ``SwiGLU`` and ``SwiGLUPacked``. A gate block
+    (squeeze-and-excitation) is held constant instead, by ``IdentityRule`` on the block.
+    """
+
+    def context(self, module: Module) -> Any:
+        return _product_context()
+
+
+@contextmanager
+def _product_context() -> Iterator[None]:
+    _PRODUCT_DEPTH.value += 1
+    try:
+        with _UniformProducts():
+            yield
+    finally:
+        _PRODUCT_DEPTH.value -= 1
+
+
+class OperationGuard(TorchFunctionMode):
     """Refuses a softmax computed outside every attention module's context during a
     propagation's forward pass: a custom attention the engine cannot see, through whose
-    softmax relevance would otherwise flow by its plain gradient, silently.
+    softmax relevance would otherwise flow by its plain gradient, silently. Also an
+    element-wise product of two activations outside a module with a rule: by its plain
+    gradient each factor would receive the whole product's relevance (twice the total).
 
     Args:
         active: whether the forward pass is being recorded (the propagation's part).
@@ -367,6 +447,8 @@ class StraySoftmaxGuard(TorchFunctionMode):
         super().__init__()
         self.active = active
         self.where = where
+        #: The first product of two activations met, as the error's message.
+        self.problem: str | None = None
 
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (), kwargs: Any = None
@@ -388,6 +470,26 @@ class StraySoftmaxGuard(TorchFunctionMode):
                 "rules={ThatModuleClass: captum_fdcam.propagation.AttentionRule()} (or "
                 "module.rule = AttentionRule()), or explain with a CAM."
             )
+        if (
+            self.problem is None
+            and func in _ELEMENTWISE_PRODUCTS
+            and _ATTENTION_DEPTH.value == 0
+            and _PRODUCT_DEPTH.value == 0
+            and self.active()
+            and _two_activations(args)
+        ):
+            # Not raised here: torch turns a TypeError inside ``a * b`` into
+            # NotImplemented, and Python into its own bare TypeError. The engine raises
+            # it when the module that computed the product returns.
+            self.problem = (
+                f"{self.where()} multiplies two activations element-wise (a gate or a gated "
+                "MLP) outside any module with a rule: by its plain gradient each factor "
+                "would receive the whole product's relevance. Give the module that computes "
+                "the product a rule: rules={ThatModuleClass: "
+                "captum_fdcam.propagation.ProductRule()} to split it evenly between the "
+                "factors, or IdentityRule() to hold the gate constant (as for "
+                "squeeze-and-excitation)."
+            )
         return func(*args, **kwargs)
 
 
@@ -395,6 +497,7 @@ __all__ = [
     "AttentionRule",
     "ContextRule",
     "NormRule",
-    "StraySoftmaxGuard",
+    "OperationGuard",
+    "ProductRule",
     "scale_gradient",
 ]
