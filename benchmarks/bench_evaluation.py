@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from captum_fdcam.evaluation.scoring import make_metric
-from captum_fdcam.models import efficientnet_lite0
+from captum_fdcam.loading import offline_model
 
 METRICS = ("insertion", "deletion", "average_drop", "average_increase")
 RESULTS = Path(__file__).parent / "results"
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = efficientnet_lite0().eval()
+    model = offline_model()
     x, y, a = _inputs(args.images, args.size)
     with torch.no_grad():  # the class each image is explained for: the model's own
         y = model(torch.from_numpy(x)).argmax(1).numpy()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from captum_fdcam.evaluation import explain, load_image, read_labels
-from captum_fdcam.models import DEPTHWISE_LAYER, efficientnet_lite0
+from captum_fdcam.loading import DEPTHWISE_LAYER, offline_model
 from captum_fdcam.registry import cam_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def floors(data: Path, limit: int, layer: str, methods: list[str]) -> dict[str, 
     """Per method: the median and 10th / 90th percentiles of min / max over the photos
     whose map is not all zero, and how many maps were all zero."""
     torch.manual_seed(0)
-    model = efficientnet_lite0(pretrained=True).eval()
+    model = offline_model()
     pairs = read_labels(data)[:limit]  # sorted by file name, as the benchmark's
     images = [(load_image(path, 224), label) for path, label in pairs]
     rows: dict[str, Any] = {}

@@ -23,15 +23,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captum_fdcam.benchmark import BASE_LAYER, DEPTHS, DW_LAYER, MANIFEST, _identity, read_scores
-from captum_fdcam.evaluation import paired
+from captum_fdcam.benchmark import BASE_LAYER, DEPTHS, DW_LAYER, MANIFEST
+from captum_fdcam.evaluation import paired, stats
 from captum_fdcam.evaluation.metric_info import (
     FLAGS,
     QUANTUS_FAITHFULNESS,
     QUANTUS_LOCALISATION,
     mosaic_metrics,
 )
-from captum_fdcam.evaluation.report import format_cell, summarise
+from captum_fdcam.evaluation.report import format_cell
+from captum_fdcam.evaluation.stats import summarise
+from captum_fdcam.records import identity, read_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Metrics scored on GridPG mosaic cells: their tables' units are mosaics.
@@ -449,7 +451,7 @@ def _find(rows: list[dict[str, Any]], method: str, reference: str) -> dict[str, 
             return row
     for row in rows:
         if (row["method"], row["reference"]) == (reference, method):
-            return paired.flipped(row)
+            return stats.flipped(row)
     return None
 
 
@@ -502,11 +504,11 @@ def _headlines(
             for row in metrics.get("overall", []):
                 method = row["method"]
                 if method.startswith("FG-") and not method.endswith("-D"):
-                    if row["reference"] in (paired.base_of(method), "Layer-CAM"):
+                    if row["reference"] in (stats.base_of(method), "Layer-CAM"):
                         note = _constant_maps(means.get(table, {}), row)
                         text = paired.sentence(row, "overall").removesuffix(".")
                         answers.append(f"`{table}`: {text}{note}.")
-    answers += _across_headlines(tables.get(paired.ACROSS_LAYERS, {}))
+    answers += _across_headlines(tables.get(stats.ACROSS_LAYERS, {}))
     return answers
 
 
@@ -514,7 +516,7 @@ def _across_label(name: str) -> str:
     """``FG-Grad-CAM@depth-14`` -> ``FG-Grad-CAM at `_blocks.10```; ``...@fdcam-table1``
     -> ``... at `head_activation` (Table I)``."""
     method, _, where = name.partition("@")
-    if where == paired.DEEP_TABLE:
+    if where == stats.DEEP_TABLE:
         return f"{method} at `{BASE_LAYER}` (Table I)"
     return f"{method} at `{DEPTHS.get(where, where)}`"
 
@@ -529,7 +531,7 @@ def _across_headlines(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
         method, where = row["method"].split("@")
         if not method.startswith("FG-") or method.endswith("-D"):
             continue
-        base = f"{paired.base_of(method)}@{where}"
+        base = f"{stats.base_of(method)}@{where}"
         for shown in (row, *(r for r in overall if r["method"] == base)):
             label, reference = _across_label(shown["method"]), _across_label(shown["reference"])
             text = paired.difference(shown, "overall", label, reference)
@@ -563,7 +565,7 @@ def _across_section(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
         + "."
         for row in metrics.get("overall", [])
     ]
-    lines += ["", paired.markdown({paired.ACROSS_LAYERS: metrics}, level=3)]
+    lines += ["", paired.markdown({stats.ACROSS_LAYERS: metrics}, level=3)]
     return lines
 
 
@@ -587,9 +589,9 @@ def page(
         INTRO.format(
             folder=shown or folder.as_posix(),
             sizes="; ".join(size(t) for t in names),
-            samples=paired.SAMPLES,
-            seed=paired.SEED,
-            min_n=paired.MIN_CLAIM_N,
+            samples=stats.SAMPLES,
+            seed=stats.SEED,
+            min_n=stats.MIN_CLAIM_N,
         )
     ]
     answers = _headlines(tables, means)
@@ -628,8 +630,8 @@ def page(
         if rows:
             lines += [paired.markdown({table: rows}, level=3)]
         last_layer_table = [t for t in names if _section(t)[0] == "fgcam-layers"][-1:]
-        if [table] == last_layer_table and paired.ACROSS_LAYERS in tables:
-            lines += _across_section(tables[paired.ACROSS_LAYERS])
+        if [table] == last_layer_table and stats.ACROSS_LAYERS in tables:
+            lines += _across_section(tables[stats.ACROSS_LAYERS])
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -638,7 +640,7 @@ def generate(folder: Path, page_path: Path) -> dict[str, Any]:
     tables."""
     records = sorted(
         read_scores(folder).records,
-        key=lambda r: (r["table"], r["method"], r["item"], _identity(r.get("key"))),
+        key=lambda r: (r["table"], r["method"], r["item"], identity(r.get("key"))),
     )
     if not records:
         raise SystemExit(f"no scores in {folder}")

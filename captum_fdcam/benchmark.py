@@ -6,6 +6,11 @@
         --out paper-tables
     torchrun --nproc_per_node 4 -m captum_fdcam.benchmark --data ... --out ...
 
+From Python, :func:`run` takes a :class:`~captum_fdcam.app.requests.BenchmarkRequest`::
+
+    from captum_fdcam.app import BenchmarkRequest, run_benchmark
+    run_benchmark(BenchmarkRequest(data=Path("imagenet-sample"), limit=20))
+
 Tables (``--tables``, default all):
 
 * ``fdcam-table1``: insertion, deletion and overall (ins - del) AUC of every CAM at
@@ -38,23 +43,29 @@ is dropped with a warning and computed again. ``run.json`` says which labels fil
 image size and weights the folder's scores belong to; a run with other ones is refused.
 Under ``torchrun`` each rank takes every ``world_size``-th image (gloo backend, CPU or
 GPU) and rank 0 merges the files and writes ``tables.json``, ``tables.md`` and the curve
-plots. Means come with bootstrap 95% confidence intervals over images.
+plots, ``paired.json`` and ``paired.md`` (each comparison's paired per-image
+difference with its CI). Means come with bootstrap 95% confidence intervals over images.
+
+Every image of ``--data`` needs a row in the labels file; ``--labelled-only`` scores the
+labelled ones and leaves the others out, said in one line. The folder is locked while a
+run writes it (a second run is refused, naming the first), each record is appended
+whole, and Ctrl-C or a full disk stop with one line saying what was kept: the same
+command resumes.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from captum_fdcam.errors import CliArgumentParser, CliError
+from captum_fdcam.app.requests import BENCHMARK_OUT, BenchmarkRequest
+from captum_fdcam.errors import RequestError
 from captum_fdcam.evaluation.data import LabelsError, folder_images, read_labels
 from captum_fdcam.evaluation.metric_info import (
     QUANTUS_FAITHFULNESS,
@@ -62,6 +73,26 @@ from captum_fdcam.evaluation.metric_info import (
     mosaic_metrics,
 )
 from captum_fdcam.evaluation.scoring import Job
+from captum_fdcam.loading import (
+    DEPTHWISE_LAYER,
+    HEAD_LAYER,
+    MIN_IMAGE_SIZE,
+    OFFLINE_CLASSES,
+    OFFLINE_MODEL,
+    file_digest,
+    offline_weights_digest,
+)
+from captum_fdcam.records import (
+    RecordFile,
+    Scores,
+    identity,
+    read_scores,
+    repair,
+    shard_rank,
+    shards,
+    write_json,
+    write_text,
+)
 from captum_fdcam.registry import cam_names, split_fg
 
 if TYPE_CHECKING:  # imported where used: `captum-fdcam --help` imports this module
@@ -93,25 +124,20 @@ FD_ABLATIONS = {
 #: EfficientNet-Lite0's three depths for the FG-CAM tables (56, 28 and 14 pixels
 #: at 224x224), standing in for VGG16-BN's Layer13/23/33 of the paper.
 DEPTHS = {"depth-56": "_blocks.2", "depth-28": "_blocks.4", "depth-14": "_blocks.10"}
-BASE_LAYER = "head_activation"
+BASE_LAYER = HEAD_LAYER
 #: The last block's depthwise activation (1152 x 7 x 7 at 224 x 224, non-negative),
 #: followed by a non-linear network: the projection, the head convolution and its
 #: ReLU6. At BASE_LAYER only pooling and one linear layer follow, so Grad-CAM equals
 #: XGrad-CAM there and FD-CAM's switch-on score is its switch-off score plus the bias;
 #: the FD-CAM paper's question is asked here too (the tables' "/depthwise" variants).
-#: models.DEPTHWISE_LAYER, spelt out: `captum-fdcam --help` must not import torch.
-DW_LAYER = "_blocks.15.depthwise_activation"
+DW_LAYER = DEPTHWISE_LAYER
 #: The layer of each table's "/depthwise" variant and of the one without the suffix.
 LAYERS = {"": BASE_LAYER, "/depthwise": DW_LAYER}
-MODEL = "efficientnet-lite0"
-NUM_CLASSES = 1000
-#: EfficientNet-Lite0 downsamples 32 times: below 32 px its 5x5 depthwise kernels
-#: meet 4x4 maps, which PyTorch refuses.
-MIN_IMAGE_SIZE = 32
+MODEL = OFFLINE_MODEL
+NUM_CLASSES = OFFLINE_CLASSES
 #: A GridPG mosaic holds 2x2 images of distinct classes.
 GRID_CLASSES = 4
-#: In the current directory, not the repository's committed results.
-DEFAULT_OUT = Path("captum-fdcam-benchmark")
+DEFAULT_OUT = BENCHMARK_OUT
 MANIFEST = "run.json"
 FORMAT = 1
 #: The scores' protocol, part of every record's key (via the run fingerprint): "8rows" is
@@ -218,14 +244,6 @@ class Sample:
     sha256: str
 
 
-def _sha256(path: Path, length: int = 16) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
 def _relative(path: Path, folder: Path) -> str:
     try:
         return path.relative_to(folder).as_posix()
@@ -236,106 +254,8 @@ def _relative(path: Path, folder: Path) -> str:
 # ---------------------------------------------------------------------- records
 
 
-def _identity(key: Any) -> str:
-    return json.dumps(key, sort_keys=True, separators=(",", ":"))
-
-
-def _parse(line: str) -> dict[str, Any] | None:
-    """The record on a line, or None for a line that is not a whole record."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("scores"), dict):
-        return None
-    if not all(isinstance(record.get(k), str) for k in ("table", "method", "item")):
-        return None
-    if "key" in record and not isinstance(record["key"], dict):
-        return None
-    return record
-
-
-def _shard_rank(path: Path) -> int:
-    match = re.fullmatch(r"scores-rank(\d+)", path.stem)
-    return int(match.group(1)) if match else 0
-
-
-def _shards(out: Path) -> list[Path]:
-    return sorted(out.glob("scores-rank*.jsonl"), key=lambda p: (_shard_rank(p), p.name))
-
-
-@dataclass
-class Scores:
-    """The records of an output folder, each measurement once.
-
-    Records are read file by file (``scores-rank0.jsonl``, ``scores-rank1.jsonl``, ...),
-    line by line; of records with the same key the first one read is kept. Records
-    written before keys existed ("legacy": ``table``, ``method`` and ``item`` only) are
-    matched by those three fields, as that version did.
-    """
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)
-    legacy: set[tuple[str, str, str]] = field(default_factory=set)
-    duplicates: int = 0
-    #: "file line n" of each line that is not a whole record
-    dropped: list[str] = field(default_factory=list)
-
-
-def read_scores(out: Path) -> Scores:
-    """Every record of ``out/scores-rank*.jsonl``, deduplicated by key."""
-    scores = Scores()
-    kept: set[tuple[str, str, str]] = set()
-    for shard in _shards(out):
-        for number, line in enumerate(shard.read_text(errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            record = _parse(line)
-            if record is None:
-                scores.dropped.append(f"{shard} line {number}")
-                continue
-            triple = (record["table"], record["method"], record["item"])
-            if "key" in record:
-                identity = _identity(record["key"])
-                if identity in scores.keys or triple in scores.legacy:
-                    scores.duplicates += 1
-                    continue
-                scores.keys.add(identity)
-            else:
-                if triple in kept:
-                    scores.duplicates += 1
-                    continue
-                scores.legacy.add(triple)
-            kept.add(triple)
-            scores.records.append(record)
-    return scores
-
-
-def _repair(path: Path) -> str | None:
-    """Cuts the last line of a scores file if a killed run left it unfinished, so that
-    the next record starts a line of its own; returns the warning to print."""
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return None
-    start = data.rfind(b"\n") + 1
-    if _parse(data[start:].decode(errors="replace")) is not None:
-        with path.open("ab") as handle:  # a whole record, only its newline is missing
-            handle.write(b"\n")
-        return None
-    with path.open("r+b") as handle:
-        handle.truncate(start)
-    line = data.count(b"\n") + 1
-    return (
-        f"warning: {path} line {line} was cut mid-way (a killed run?): "
-        "dropped from the file, its score is computed again"
-    )
-
-
-def _write_json(path: Path, value: Any) -> None:
-    # Through a temporary file: under torchrun other ranks may read it meanwhile.
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(partial, path)
+#: The records' identity, by its name before the record store moved to captum_fdcam.records.
+_identity = identity
 
 
 # ------------------------------------------------------------------ the checks
@@ -363,25 +283,19 @@ def _refuse(out: Path, stored: dict[str, Any], data: str | None, plan: Plan, nam
         for key, label in _FINGERPRINT_FIELDS.items()
         if stored.get(key) != current[key]
     ]
-    raise CliError(
+    raise RequestError(
         f"{out} holds scores of {data or 'other data'} at {size(stored)}, this run is on "
         f"{name} at {size(current)} ({'; '.join(differ) or 'settings'} differ): pass another --out"
     )
 
 
-def _weights_digest() -> str:
-    from captum_fdcam.models import _weights_path
-
-    return _sha256(Path(_weights_path()))
-
-
-def _check_out(args: argparse.Namespace, plan: Plan) -> None:
+def _check_out(request: BenchmarkRequest, plan: Plan) -> None:
     """Refuses an --out whose scores belong to other data, another image size or other
     weights; sets ``plan.manifest`` to what the folder's ``run.json`` is to hold."""
-    out: Path = args.out
-    name = args.data.name
+    out = request.out
+    name = request.data.name
     if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} is a file, not a folder")
+        raise RequestError(f"--out {out} is a file, not a folder")
     manifest_path = out / MANIFEST
     stored: dict[str, Any] | None = None
     if manifest_path.exists():
@@ -390,7 +304,9 @@ def _check_out(args: argparse.Namespace, plan: Plan) -> None:
         except ValueError:
             stored = None
         if not isinstance(stored, dict) or not isinstance(stored.get("fingerprint"), dict):
-            raise CliError(f"{manifest_path} is not a run.json of this command: pass another --out")
+            raise RequestError(
+                f"{manifest_path} is not a run.json of this command: pass another --out"
+            )
         stored_fingerprint = stored["fingerprint"]
         if stored_fingerprint != plan.fingerprint:
             _refuse(out, stored_fingerprint, stored.get("data"), plan, name)
@@ -405,8 +321,8 @@ def _check_out(args: argparse.Namespace, plan: Plan) -> None:
         item = key.get("item", {})
         for image, digest in zip(item.get("images", []), item.get("sha256", []), strict=False):
             if hashes.get(image, digest) != digest:
-                raise CliError(
-                    f"{args.data / image} is not the image of that name the scores in {out} "
+                raise RequestError(
+                    f"{request.data / image} is not the image of that name the scores in {out} "
                     "were computed on (another folder, or the file changed): pass another --out"
                 )
     if stored is not None:
@@ -417,43 +333,61 @@ def _check_out(args: argparse.Namespace, plan: Plan) -> None:
     if legacy:
         # Written before keys and run.json existed, by versions whose insertion/deletion
         # stepped by 3.6% of the pixels (1806 at 224 x 224), not by this version's 8 rows.
-        raise CliError(
+        raise RequestError(
             f"{out} holds {len(legacy)} scores of an older version (no run.json), computed "
             "with insertion/deletion steps of 3.6% of the pixels, not this version's 8 rows "
             "(1792 px at 224x224): pass another --out"
         )
 
 
-def prepare(args: argparse.Namespace) -> Plan:
+def prepare(request: BenchmarkRequest) -> Plan:
     """Checks the arguments, the data and --out, without writing anything or loading
     the model. Raises the command line's error (one line, exit code 2)."""
-    if args.limit is not None and args.limit < 1:
-        raise CliError(f"--limit must be at least 1 (got {args.limit})")
-    if args.image_size < MIN_IMAGE_SIZE:
-        raise CliError(
+    if request.limit is not None and request.limit < 1:
+        raise RequestError(f"--limit must be at least 1 (got {request.limit})")
+    if request.image_size < MIN_IMAGE_SIZE:
+        raise RequestError(
             f"--image-size must be at least {MIN_IMAGE_SIZE} for EfficientNet-Lite0, which "
-            f"downsamples {MIN_IMAGE_SIZE} times (got {args.image_size})"
+            f"downsamples {MIN_IMAGE_SIZE} times (got {request.image_size})"
         )
-    jobs = jobs_for(tuple(args.tables), tuple(args.cams))
+    tables = tuple(request.tables) or TABLES
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        raise RequestError(f"unknown tables {unknown}: use {', '.join(TABLES)}")
+    cams = tuple(request.cams) or cam_names()
+    unknown = [c for c in cams if c not in cam_names()]
+    if unknown:
+        raise RequestError(f"unknown CAMs {unknown}: use {', '.join(cam_names())}")
+    jobs = jobs_for(tables, cams)
     with_grid = any(_on_mosaics(j) for j in jobs)
-    if with_grid and args.mosaics < 1:
-        raise CliError(f"--mosaics must be at least 1 (got {args.mosaics})")
-    data: Path = args.data
+    if with_grid and request.mosaics < 1:
+        raise RequestError(f"--mosaics must be at least 1 (got {request.mosaics})")
+    data = request.data
     if not data.is_dir():
-        raise CliError(f"no such folder: {data}")
-    if args.labels is None and not (data / "labels.csv").is_file() and not folder_images(data):
-        raise CliError(f"no images in {data} (hidden files and sub-folders are skipped)")
+        raise RequestError(f"no such folder: {data}")
+    if request.labels is None and not (data / "labels.csv").is_file() and not folder_images(data):
+        raise RequestError(f"no images in {data} (hidden files and sub-folders are skipped)")
     try:
-        rows = read_labels(data, args.labels, num_classes=NUM_CLASSES)
+        rows = read_labels(data, request.labels, num_classes=NUM_CLASSES)
     except (FileNotFoundError, LabelsError) as err:
-        raise CliError(str(err)) from err
-    labels = args.labels or data / "labels.csv"
+        raise RequestError(str(err)) from err
+    labels = request.labels or data / "labels.csv"
     if not rows:
-        raise CliError(f"{labels} lists no images")
-    chosen = rows[: args.limit]
+        raise RequestError(f"{labels} lists no images")
+    labelled = {p.resolve() for p, _ in rows}
+    unlabelled = [p.name for p in folder_images(data) if p.resolve() not in labelled]
+    if unlabelled and not request.labelled_only:
+        shown = ", ".join(unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+        raise RequestError(
+            f"{len(unlabelled)} images of {data} have no row in {labels}: {shown}; add "
+            "them, or pass --labelled-only to score only the labelled images"
+        )
+    if unlabelled:
+        print(f"--labelled-only: {len(unlabelled)} images of {data} without a label left out")
+    chosen = rows[: request.limit]
     classes = {label for _, label in chosen}
     if with_grid and len(classes) < GRID_CLASSES:
-        raise CliError(
+        raise RequestError(
             f"gridpg needs images of at least {GRID_CLASSES} classes (2x2 mosaics of distinct "
             f"classes); the {len(chosen)} images have {len(classes)}: add images or raise "
             "--limit, or leave gridpg out of --tables"
@@ -464,18 +398,18 @@ def prepare(args: argparse.Namespace) -> Plan:
         try:
             read_image(path)
         except ValueError as err:
-            raise CliError(str(err)) from err
+            raise RequestError(str(err)) from err
     names = [(_relative(p, data), label) for p, label in rows]
     fingerprint = {
         "labels": hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16],
-        "image_size": args.image_size,
+        "image_size": request.image_size,
         "model": MODEL,
-        "weights": _weights_digest(),
+        "weights": offline_weights_digest(),
         "protocol": PROTOCOL,
     }
-    samples = [Sample(p, _relative(p, data), label, _sha256(p)) for p, label in chosen]
+    samples = [Sample(p, _relative(p, data), label, file_digest(p)) for p, label in chosen]
     plan = Plan(samples, fingerprint, None, jobs)
-    _check_out(args, plan)
+    _check_out(request, plan)
     return plan
 
 
@@ -497,6 +431,14 @@ def _barrier(world: int) -> None:
         import torch
 
         torch.distributed.barrier()
+
+
+def teardown() -> None:
+    """Ends the ``torchrun`` process group, if this process joined one."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _progress(total: int, rank: int, world: int, enabled: bool) -> Any:
@@ -545,7 +487,7 @@ def _items(model: nn.Module, samples: list[Sample], size: int, n_mosaics: int | 
     try:
         mosaics = grid_mosaics(model, images, labels, n_mosaics=n_mosaics)
     except ValueError as err:  # too few confidently classified classes
-        raise CliError(
+        raise RequestError(
             f"gridpg: {err} ({len(samples)} images): add images or raise --limit, or leave "
             "gridpg out of --tables"
         ) from err
@@ -593,83 +535,112 @@ def record_key(row: TableJob, item: Item, fingerprint: dict[str, Any]) -> dict[s
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Computes what --out lacks and, on rank 0, writes and prints the tables."""
-    plan = prepare(args)
+def run(request: BenchmarkRequest) -> dict[str, Any] | None:
+    """Computes what ``request.out`` lacks and, on rank 0, writes and prints the tables.
+
+    Raises:
+        RequestError: a mistake in the request, one line (``OutputError``: a write
+            failed; every complete record is kept).
+        Interrupted: Ctrl-C; the message says how many records were kept.
+    """
+    from captum_fdcam.app.common import OutputFolder
+
+    plan = prepare(request)
     rank, world = _distributed()
     import torch
 
     from captum_fdcam.evaluation.memo import MapCache, WeightsCache
-    from captum_fdcam.evaluation.paired import write as write_paired
-    from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
     from captum_fdcam.evaluation.scoring import score
-    from captum_fdcam.models import efficientnet_lite0
+    from captum_fdcam.loading import offline_model
 
     torch.manual_seed(0)
-    model = efficientnet_lite0(pretrained=True)
+    model = offline_model()
     grid_jobs = [j for j in plan.jobs if _on_mosaics(j)]
     image_jobs = [j for j in plan.jobs if not _on_mosaics(j)]
-    n_mosaics = args.mosaics if grid_jobs else None
-    items = _items(model, plan.samples, args.image_size, n_mosaics)
-    out: Path = args.out
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if plan.manifest is not None:
-            _write_json(out / MANIFEST, plan.manifest)
-    _barrier(world)
-    for shard in _shards(out):
-        if _shard_rank(shard) % world == rank:
-            warning = _repair(shard)
-            if warning:
-                print(warning, file=sys.stderr)
-    _barrier(world)
-    scores = read_scores(out)
-    if rank == 0:
-        for where in scores.dropped:
-            print(f"warning: {where} is not a whole record: left out", file=sys.stderr)
-        if scores.duplicates:
-            print(f"{scores.duplicates} records are in the scores files twice: counted once")
-    todo = []
-    for item in items[rank::world]:
-        for job in grid_jobs if item.grid else image_jobs:
-            key = record_key(job, item, plan.fingerprint)
-            if _identity(key) not in scores.keys:
-                todo.append((item, job, key))
-    _barrier(world)  # every rank has read the files before any appends to them
-    mine = sum(len(grid_jobs if i.grid else image_jobs) for i in items[rank::world])
-    prefix = "" if world == 1 else f"rank {rank}: "
-    print(f"{prefix}{len(todo)} of {mine} records to compute, the others are in {out}")
-    path = out / f"scores-rank{rank}.jsonl"
-    # An image's jobs run one after another: Table I's Score-CAM, then the FG-Score-CAMs
-    # over the same Score-CAM, compute its weights once.
-    weights = WeightsCache()
-    # GridPG and Quantus's localisation metrics score the same maps of the same cells.
-    maps = MapCache()
-    with path.open("a") as handle, _progress(len(todo), rank, world, not args.quiet) as bar:
-        for item, row, key in todo:
-            scores_ = score(
-                model, row.job, item.x, item.y, item.s, weights_cache=weights, map_cache=maps
+    n_mosaics = request.mosaics if grid_jobs else None
+    items = _items(model, plan.samples, request.image_size, n_mosaics)
+    out = request.out
+    todo: list[tuple[Item, TableJob, dict[str, Any]]] = []
+    computed = 0
+
+    def kept() -> str:
+        return f"{computed} of {len(todo)} new records kept"
+
+    with OutputFolder(out, kept, rank) as folder:
+        if rank == 0:
+            folder.create()
+            if plan.manifest is not None:
+                write_json(out / MANIFEST, plan.manifest)
+        _barrier(world)
+        folder.create()
+        for shard in shards(out):
+            if shard_rank(shard) % world == rank:
+                warning = repair(shard)
+                if warning:
+                    print(warning, file=sys.stderr)
+        _barrier(world)
+        scores = read_scores(out)
+        if rank == 0:
+            for where in scores.dropped:
+                print(f"warning: {where} is not a whole record: left out", file=sys.stderr)
+            if scores.duplicates:
+                print(f"{scores.duplicates} records are in the scores files twice: counted once")
+        for item in items[rank::world]:
+            for job in grid_jobs if item.grid else image_jobs:
+                key = record_key(job, item, plan.fingerprint)
+                if identity(key) not in scores.keys:
+                    todo.append((item, job, key))
+        _barrier(world)  # every rank has read the files before any appends to them
+        mine = sum(len(grid_jobs if i.grid else image_jobs) for i in items[rank::world])
+        prefix = "" if world == 1 else f"rank {rank}: "
+        if len(todo) == mine:
+            print(f"{prefix}{mine} records to compute")
+        else:
+            print(
+                f"{prefix}{len(todo)} of {mine} records to compute, the other "
+                f"{mine - len(todo)} are in {out}"
             )
-            record = {"table": row.table, "method": row.job.name, "item": item.id, "key": key}
-            handle.write(json.dumps({**record, "scores": scores_}) + "\n")
-            handle.flush()
-            bar.update(1)
-    _barrier(world)
-    if rank != 0:
-        return None
+        # An image's jobs run one after another: Table I's Score-CAM, then the
+        # FG-Score-CAMs over the same Score-CAM, compute its weights once.
+        weights = WeightsCache()
+        # GridPG and Quantus's localisation metrics score the same maps of the same cells.
+        maps = MapCache()
+        with (
+            RecordFile(out / f"scores-rank{rank}.jsonl") as records,
+            _progress(len(todo), rank, world, request.progress) as bar,
+        ):
+            for item, row, key in todo:
+                scores_ = score(
+                    model, row.job, item.x, item.y, item.s, weights_cache=weights, map_cache=maps
+                )
+                record = {"table": row.table, "method": row.job.name, "item": item.id}
+                records.append({**record, "key": key, "scores": scores_})
+                computed += 1
+                bar.update(1)
+        _barrier(world)
+        if rank != 0:
+            return None
+        return _write_tables(request, out)
+
+
+def _write_tables(request: BenchmarkRequest, out: Path) -> dict[str, Any]:
+    """The tables of every record in ``out``: JSON, markdown, paired differences, plots."""
+    from captum_fdcam.evaluation.paired import write as write_paired
+    from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
+
     records = sorted(
         read_scores(out).records,
-        key=lambda r: (r["table"], r["method"], r["item"], _identity(r.get("key"))),
+        key=lambda r: (r["table"], r["method"], r["item"], identity(r.get("key"))),
     )
     tables = summarise(records)
-    (out / "tables.json").write_text(json.dumps(tables, indent=1))
-    size = args.image_size
+    write_text(out / "tables.json", json.dumps(tables, indent=1))
+    size = request.image_size
     header = (
-        f"# Paper tables on {args.data.name} (EfficientNet-Lite0, {size}x{size}; every "
+        f"# Paper tables on {request.data.name} (EfficientNet-Lite0, {size}x{size}; every "
         "record of the scores files once, however many runs wrote them; n per table below)"
     )
     text = markdown(tables, header)
-    (out / "tables.md").write_text(text)
+    write_text(out / "tables.md", text)
     # The paired differences per image (per mosaic for GridPG) that the results page
     # reads: comparisons are made on these, not on the overlapping per-method CIs.
     write_paired(out, records)
@@ -679,83 +650,11 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     return tables
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The benchmark's options (shared by ``python -m`` and ``captum-fdcam benchmark``)."""
-    parser.add_argument(
-        "--data",
-        type=Path,
-        required=True,
-        help="folder of images with a labels.csv (columns file,class_index); required",
-    )
-    parser.add_argument(
-        "--labels", type=Path, default=None, help="labels CSV (default: DATA/labels.csv)"
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="output folder: scores, run.json, tables, plots; a run resumes the scores "
-        "already there, and refuses one of other data, image size or weights "
-        f"(default: ./{DEFAULT_OUT} in the current directory)",
-    )
-    parser.add_argument(
-        "--tables",
-        nargs="+",
-        choices=TABLES,
-        default=list(TABLES),
-        metavar="TABLE",
-        help=f"any of {', '.join(TABLES)} (default: all)",
-    )
-    parser.add_argument(
-        "--cams",
-        nargs="+",
-        choices=cam_names(),
-        default=list(cam_names()),
-        metavar="CAM",
-        help=f"the CAMs of the tables, any of {', '.join(cam_names())} (default: all)",
-    )
-    parser.add_argument(
-        "--limit", type=int, default=None, help="the first N images by file name (default: all)"
-    )
-    parser.add_argument(
-        "--mosaics",
-        type=int,
-        default=24,
-        # 24: the issue's minimum. The 500-photo sample has 307 photos the model gives
-        # >= 0.5 to (one class each): 76 mosaics of all, 32 of the first 200, 16 of 100.
-        help="GridPG mosaics, at most: fewer when the images' confidently classified "
-        "classes run out (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=224,
-        help=f"resize/crop size, at least {MIN_IMAGE_SIZE} (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--quiet", action="store_true", help="no progress bar (default: a bar per rank)"
-    )
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = CliArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return parser.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except CliError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        import torch
+    """``python -m captum_fdcam.benchmark``: the command line's ``benchmark`` command."""
+    from captum_fdcam import cli  # the entry point only: the service never imports it
 
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0
+    return cli.main(argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ it.
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class CamError(Exception):
@@ -62,6 +62,11 @@ class GradientsDisabledError(CamError, RuntimeError):
     """The method needs gradients and runs inside ``torch.inference_mode()``."""
 
 
+class DeviceError(CamError, RuntimeError):
+    """The model or the inputs are where nothing can be computed: on PyTorch's ``meta``
+    device (shapes without values), or the model and the inputs on different devices."""
+
+
 class UnsupportedModuleError(CamError, TypeError):
     """Relevance cannot propagate through a module of the model (no LRP rule for it,
     attention, or an output that is not one tensor)."""
@@ -77,18 +82,72 @@ class ConstantMapWarning(UserWarning):
     pixel above another. The warning names the examples."""
 
 
-class CliError(Exception):
-    """A mistake in a command's arguments or files (``captum-fdcam``, ``python -m
-    captum_fdcam.benchmark``): printed as one line on stderr, exit code 2. Not a
-    ``CamError``: it is the commands' report of a mistake, not the library's."""
+class RequestError(Exception):
+    """A request the application services cannot carry out as asked: a mistake in the
+    commands' arguments or files, an output folder that cannot be written, another run
+    holding the folder. The commands print it as one line on stderr and exit with
+    :attr:`exit_code`. Not a ``CamError``: it reports a request, not the library's
+    methods."""
+
+    #: The commands' exit status for this error.
+    exit_code = 2
+
+
+#: The name these errors had when only the command line raised them.
+CliError = RequestError
+
+
+class OutputError(RequestError):
+    """Writing the output failed (a full disk, a read-only folder): what was written
+    whole is kept, nothing is left half-written, and the message says how to resume."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a service's work: what was kept and how to resume, in one line.
+
+    A ``KeyboardInterrupt``, so that a Python caller's own handling of Ctrl-C still
+    applies; the commands print the message and exit with 130 (128 + SIGINT)."""
+
+    exit_code = 130
+
+
+def _choices_hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """Close matches for an unknown option, among the parser's own options."""
+    import difflib
+    import re
+
+    match = re.match(r"unrecognized arguments: (.*)", message)
+    if not match:
+        return ""
+    options = [o for action in parser._actions for o in action.option_strings]
+    hints = []
+    for word in match.group(1).split():
+        if word.startswith("-"):
+            close = difflib.get_close_matches(word.split("=")[0], options, n=1, cutoff=0.7)
+            if close:
+                hints.append(f"{word}: did you mean {' or '.join(close)}?")
+    return "; ".join(hints)
 
 
 class CliArgumentParser(argparse.ArgumentParser):
-    """argparse's errors as one line, like the commands' own :class:`CliError` (argparse
-    would print the whole usage first, a dozen lines for ``explain``)."""
+    """argparse's errors as one line, like the commands' own :class:`RequestError`
+    (argparse would print the whole usage first, a dozen lines for ``explain``), with
+    close matches for a misspelt option and the help of the command it was given to."""
 
     def error(self, message: str) -> NoReturn:
+        hint = _choices_hint(self, message)
+        if hint:
+            message = f"{message} ({hint})"
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # argparse reports an unknown option after a sub-command from the top-level
+        # parser, whose help does not list it: parse with the sub-command's parser.
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = getattr(parsed, "_parser", self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
 
 __all__ = [
@@ -97,12 +156,16 @@ __all__ = [
     "CliError",
     "ConstantMapWarning",
     "DefaultLayerWarning",
+    "DeviceError",
     "FeatureMapError",
     "GradientsDisabledError",
     "InputError",
+    "Interrupted",
     "LayerError",
     "ModelOutputError",
     "NonFiniteError",
+    "OutputError",
+    "RequestError",
     "TargetError",
     "TorchScriptError",
     "UnsupportedModuleError",

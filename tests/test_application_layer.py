@@ -19,6 +19,8 @@ from torch import nn
 
 import captum_fdcam
 from captum_fdcam import benchmark, cli
+from captum_fdcam.app.common import checked_images
+from captum_fdcam.errors import RequestError
 from captum_fdcam.evaluation import (
     METRICS,
     AverageDrop,
@@ -33,15 +35,21 @@ from captum_fdcam.evaluation import (
 )
 from captum_fdcam.evaluation.metric_info import per_image_metrics
 from captum_fdcam.evaluation.metrics import pixel_ranking
+from captum_fdcam.loading import LoadedModel, resolve_layer
 from captum_fdcam.models import preprocess, read_rgb
 
 PACKAGE = Path(captum_fdcam.__file__).parent
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, at module level or inside functions."""
+def _imports(path: Path, entry_points: tuple[str, ...] = ()) -> set[str]:
+    """Every module ``path`` imports, at module level or inside functions, except inside
+    the functions named in ``entry_points`` (a ``python -m`` entry's ``main``)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name in entry_points:
+            node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -51,14 +59,57 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_evaluation_imports_neither_cli_nor_benchmark_and_benchmark_not_cli() -> None:
-    for path in sorted((PACKAGE / "evaluation").glob("*.py")):
-        imported = _imports(path)
-        assert "captum_fdcam.cli" not in imported, path
-        assert "captum_fdcam.benchmark" not in imported, path
-    assert "captum_fdcam.cli" not in _imports(PACKAGE / "benchmark.py")
-    # the command line reaches the benchmark only for its command and options
-    assert "captum_fdcam.benchmark" in _imports(PACKAGE / "cli.py")
+#: The application's layers, top down: a module imports only modules of its own layer
+#: or below (function-level imports included), so that a command's path goes down
+#: from the command line and comes back to it once, with the result.
+COMMANDS = {"captum_fdcam.cli", "captum_fdcam.demo"}
+SERVICES = {
+    "captum_fdcam.app",
+    "captum_fdcam.app.explain",
+    "captum_fdcam.app.evaluate",
+    "captum_fdcam.app.common",
+    "captum_fdcam.benchmark",
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    return 2 if module in COMMANDS else 1 if module in SERVICES else 0
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        # benchmark.main is `python -m captum_fdcam.benchmark`: the command line's entry.
+        entry = ("main",) if module == "captum_fdcam.benchmark" else ()
+        for imported in _imports(path, entry):
+            if imported.startswith("captum_fdcam") and _layer(imported) > _layer(module):
+                upward.append(f"{module} imports {imported}")
+    assert upward == []
+    # the command line reaches each service, and the demo the explain service
+    assert {"captum_fdcam.app", "captum_fdcam.benchmark"} <= _imports(PACKAGE / "cli.py")
+    assert "captum_fdcam.app.explain" in _imports(PACKAGE / "demo.py")
+    assert "captum_fdcam.cli" not in _imports(PACKAGE / "demo.py")
+
+
+def test_no_function_below_the_command_line_takes_parsed_arguments() -> None:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if _module_name(path) in COMMANDS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                for arg in node.args.args + node.args.kwonlyargs:
+                    annotation = ast.unparse(arg.annotation) if arg.annotation else ""
+                    assert "Namespace" not in annotation, f"{path}: {node.name}({arg.arg})"
+
+
+def test_cli_holds_only_the_parser_the_requests_and_the_errors() -> None:
+    assert len((PACKAGE / "cli.py").read_text().splitlines()) <= 300
 
 
 def _python(code: str) -> str:
@@ -70,6 +121,8 @@ def _python(code: str) -> str:
 def test_only_the_standard_library_at_module_level_of_cli_and_registry() -> None:
     code = (
         "import sys, captum_fdcam.cli, captum_fdcam.registry, captum_fdcam.benchmark\n"
+        "import captum_fdcam.app, captum_fdcam.loading, captum_fdcam.images\n"
+        "import captum_fdcam.resolve, captum_fdcam.records\n"
         "heavy = {'torch', 'torchvision', 'captum', 'quantus', 'numpy', 'PIL', 'matplotlib'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
@@ -93,9 +146,9 @@ def test_no_export_of_evaluation_is_shadowed_by_a_submodule() -> None:
 
 
 def test_the_usage_error_is_one_class() -> None:
-    from captum_fdcam.errors import CliError
+    from captum_fdcam.errors import CliError, RequestError
 
-    assert cli.CliError is benchmark.CliError is CliError
+    assert cli.CliError is benchmark.RequestError is CliError is RequestError
 
 
 # -------------------------------------------------------------------- metric table
@@ -193,15 +246,17 @@ def test_one_image_loader(tmp_path: Path) -> None:
     expected = preprocess(read_rgb(tmp_path / "a.png"), size=32)
     assert torch.equal(load_image(tmp_path / "a.png", 32), expected)
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(cli.CliError, match=r"cannot read image .*broken\.png"):
-        cli.read_image(tmp_path / "broken.png")
-    # the benchmark and the demo reach images only through evaluation's loader
-    for module in ("benchmark.py", "demo.py", "cli.py"):
-        assert "captum_fdcam.models.read_rgb" not in _imports(PACKAGE / module), module
+    with pytest.raises(RequestError, match=r"cannot read image .*broken\.png"):
+        checked_images([tmp_path / "broken.png"])
+    # one image module: the other modules reach images through it
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name not in ("images.py",):
+            assert "PIL.Image.open" not in path.read_text(), path
+            assert "captum_fdcam.models.read_rgb" not in _imports(path), path
 
 
 def test_a_torchscript_models_layer_is_none_not_an_empty_name() -> None:
-    scripted = cli.LoadedModel(torch.jit.script(_model()), [], scripted=True)
-    assert cli.resolve_layer(scripted, None) is None
-    eager = cli.LoadedModel(_model(), [f"class {i}" for i in range(5)])
-    assert cli.resolve_layer(eager, "act") == "act"
+    scripted = LoadedModel(torch.jit.script(_model()), [], scripted=True)
+    assert resolve_layer(scripted, None) is None
+    eager = LoadedModel(_model(), [f"class {i}" for i in range(5)])
+    assert resolve_layer(eager, "act") == "act"

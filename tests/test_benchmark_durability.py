@@ -3,6 +3,7 @@ folder, and the command's one-line errors (exit code 2, nothing written)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from captum_fdcam import benchmark, cli
-from captum_fdcam.benchmark import DEFAULT_OUT, main, parse_args, read_scores
+from captum_fdcam.benchmark import DEFAULT_OUT, main, read_scores
 from captum_fdcam.evaluation import LabelsError, read_labels, summarise
 
 pytest.importorskip("efficientnet_lite_pytorch")
@@ -184,7 +185,7 @@ def test_the_default_out_the_printed_tables_and_the_progress_bar(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """The default --out was the repository's committed results folder."""
-    assert parse_args(["--data", "x"]).out == DEFAULT_OUT == Path("captum-fdcam-benchmark")
+    assert _parse(["--data", "x"]).out == DEFAULT_OUT == Path("captum-fdcam-benchmark")
     monkeypatch.chdir(tmp_path)
     printed, err = _run(capsys, ["--data", str(photos), "--limit", "2", *ARGS[:-1]])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["captum-fdcam-benchmark"]
@@ -196,9 +197,16 @@ def test_the_default_out_the_printed_tables_and_the_progress_bar(
     assert "record/s" in bar or "s/record" in bar, bar
 
 
+def _benchmark_parser() -> argparse.ArgumentParser:
+    return cli.build_parser()._subparsers._group_actions[0].choices["benchmark"]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    return _benchmark_parser().parse_args(argv)
+
+
 def test_every_option_shows_its_default() -> None:
-    parser = benchmark.argparse.ArgumentParser()
-    benchmark.add_arguments(parser)
+    parser = _benchmark_parser()
     for action in parser._actions[1:]:  # the first is --help
         assert action.help and ("default" in action.help or "required" in action.help), action
 

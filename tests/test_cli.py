@@ -165,7 +165,7 @@ def test_evaluate_with_quantus_own_metrics(tmp_path: Path, photos: Path, offline
 
 def test_evaluate_and_benchmark_errors(tmp_path: Path, photos: Path, capsys) -> None:
     bad = tmp_path / "labels.csv"
-    bad.write_text("file,class_index\ncat.png,285\n")
+    bad.write_text("file,class_index\ncat.png,285\n")  # no row for cup.jpg
     _error(capsys, ["evaluate", str(photos), "--labels", str(bad)], "have no label")
     _error(capsys, ["evaluate", str(tmp_path / "none")], "no such file or folder")
     _error(capsys, ["benchmark", "--data", str(tmp_path / "none")], "no such folder")

@@ -21,6 +21,8 @@ import torchvision
 from PIL import Image
 
 from captum_fdcam import cli
+from captum_fdcam.app.common import checked_images
+from captum_fdcam.images import image_paths, read_image
 from captum_fdcam.models import preprocess
 
 pytest.importorskip("efficientnet_lite_pytorch")
@@ -296,8 +298,8 @@ def test_16_bit_images_read_as_their_8_bit_versions(tmp_path: Path) -> None:
     ]:
         with Image.open(tmp_path / name) as image:
             modes[name] = image.mode
-        x = preprocess(cli.read_image(tmp_path / name), size=32)
-        torch.testing.assert_close(x, preprocess(cli.read_image(tmp_path / same_as), size=32))
+        x = preprocess(read_image(tmp_path / name), size=32)
+        torch.testing.assert_close(x, preprocess(read_image(tmp_path / same_as), size=32))
     # The modes PIL gives these files: the cases the reader must scale.
     assert modes == {
         "rgb16.png": "RGB",
@@ -334,10 +336,10 @@ def test_hidden_files_and_sub_folders_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
     (tmp_path / "album.png").mkdir()  # a folder with an image suffix
     (tmp_path / "notes.txt").write_text("not an image")
-    assert cli.image_paths([tmp_path]) == [tmp_path / "photo.jpg"]
-    cli.check_images(cli.image_paths([tmp_path]))
+    assert image_paths([tmp_path]) == [tmp_path / "photo.jpg"]
+    checked_images(image_paths([tmp_path]))
     # Named on the command line, a file is taken as given, hidden or not.
-    assert cli.image_paths([tmp_path / "._photo.jpg"]) == [tmp_path / "._photo.jpg"]
+    assert image_paths([tmp_path / "._photo.jpg"]) == [tmp_path / "._photo.jpg"]
 
 
 def test_a_broken_file_with_an_image_suffix_is_named(tmp_path: Path, capsys) -> None:

@@ -209,6 +209,7 @@ def test_the_generated_page_takes_its_comparisons_from_paired_json(tmp_path: Pat
 
 def test_summarise_counts_mosaics_not_cells() -> None:
     from captum_fdcam.evaluation.report import bootstrap_ci, markdown, summarise
+    from captum_fdcam.evaluation.stats import MEANS_SAMPLES
 
     cells = [[0.9, 0.7, 0.8, 0.6], [0.2, 0.4, 0.3, 0.5], [0.5, 0.5, 0.6, 0.6]]
     records = [
@@ -225,7 +226,7 @@ def test_summarise_counts_mosaics_not_cells() -> None:
     cell = tables["gridpg"]["A"]["gridpg"]
     means = np.array([sum(v) / 4 for v in cells])
     assert cell["n"] == 3 and cell["mean"] == pytest.approx(means.mean())
-    assert cell["ci95"] == pytest.approx(list(bootstrap_ci(means)))
+    assert cell["ci95"] == pytest.approx(list(bootstrap_ci(means, samples=MEANS_SAMPLES)))
     # images are their own units, as before
     assert tables["t"]["A"]["insertion"]["n"] == 2
     assert tables["t"]["A"]["deletion_curve"] == pytest.approx([0.5, 0.375])
@@ -433,3 +434,70 @@ def test_the_ablations_are_headline_answers_against_fd_cam(tmp_path: Path) -> No
         '- `fdcam-ablation/depthwise`: "FD-CAM, no grouping"\'s overall AUC is lower than '
         f"FD-CAM's by {mean:+.3f} [{low:+.3f}, {high:+.3f}] (n = 12, 0 wins / 12 losses)."
     ]
+
+
+def _one_image(table: str = "fdcam-table1") -> list[dict[str, Any]]:
+    return [
+        _record(table, method, "img0.JPEG", insertion=ins, deletion=0.1)
+        for method, ins in (("Grad-CAM", 0.5), ("FD-CAM", 0.6))
+    ]
+
+
+def test_one_unit_prints_no_ci_in_words_in_both_renderers() -> None:
+    """At n = 1 the bootstrap has no interval: the means table printed ``[nan, nan]``;
+    both renderers now print the same words."""
+    from captum_fdcam.evaluation.report import format_cell, markdown, summarise
+
+    records = _one_image()
+    means = markdown(summarise(records), "# h")
+    assert "nan" not in means
+    assert "| FD-CAM | 0.6000 [no CI at n = 1] | 0.1000 [no CI at n = 1] |" in means
+    cell = {"mean": 0.25, "ci95": [float("nan"), float("nan")], "n": 1}
+    assert format_cell("gridpg", cell, 1) == "0.2500 [no CI at n = 1]"
+    assert format_cell("average_drop", cell, 1, digits=1) == "0.2 [no CI at n = 1]"
+    tables = paired.paired_tables(records)
+    table = paired.markdown(tables)
+    assert "nan" not in table and "+0.100 [no CI at n = 1] 1/0/0" in table
+    row = tables["fdcam-table1"]["overall"][0]
+    assert paired.interval(row, 3) == "+0.100 [no CI at n = 1]"
+    assert "nan" not in paired.sentence(row, "overall")
+    assert "nan" not in paired.difference(row, "overall", "A", "B")
+    # n >= 2: the interval as before
+    two = {"mean": 0.25, "ci95": [0.125, 0.375], "n": 2}
+    assert format_cell("gridpg", two, 2) == "0.2500 [0.1250, 0.3750]"
+
+
+def test_paired_md_lists_each_pair_once(tmp_path: Path) -> None:
+    """Table I compares every method with Grad-CAM and with FD-CAM, so paired.json has
+    both FD-CAM - Grad-CAM and Grad-CAM - FD-CAM (the page's sentences read both);
+    paired.md showed the two, one the other negated: it now shows the first only."""
+    rng = np.random.default_rng(3)
+    records = []
+    for i in range(12):
+        for method in ("Ablation-CAM", "FD-CAM", "Grad-CAM"):
+            ins = float(rng.uniform(0.3, 0.7))
+            records.append(_record("fdcam-table1", method, f"i{i}", insertion=ins, deletion=0.1))
+            records.append(_record("gridpg", method, f"mosaic{i}-cell0", gridpg=ins))
+    tables = paired.write(tmp_path, records)
+    both = {(r["method"], r["reference"]) for r in tables["fdcam-table1"]["overall"]}
+    assert {("FD-CAM", "Grad-CAM"), ("Grad-CAM", "FD-CAM")} <= both
+    assert json.loads((tmp_path / "paired.json").read_text()) == tables
+    text = (tmp_path / "paired.md").read_text()
+    for table in ("fdcam-table1", "gridpg"):
+        section = text.partition(f"## {table}: paired differences")[2].partition("\n## ")[0]
+        rows = [x.split(" | ")[0].removeprefix("| ") for x in section.splitlines()]
+        rows = [r for r in rows if " - " in r and r != "method - reference"]
+        assert rows == [
+            "Ablation-CAM - Grad-CAM",
+            "FD-CAM - Grad-CAM",
+            "Ablation-CAM - FD-CAM",
+        ], (table, rows)
+    assert "Each pair of methods is listed once" in text
+    # The rows left out are the kept ones negated: nothing is lost.
+    for metric, rows_ in tables["fdcam-table1"].items():
+        got = {(r["method"], r["reference"]): r for r in rows_}
+        back = paired.flipped(got[("Grad-CAM", "FD-CAM")])
+        kept = got[("FD-CAM", "Grad-CAM")]
+        assert back["mean"] == pytest.approx(kept["mean"], abs=1e-15), metric
+        assert back["ci95"] == pytest.approx(kept["ci95"], abs=1e-15), metric
+        assert (back["wins"], back["losses"]) == (kept["wins"], kept["losses"])

@@ -23,6 +23,7 @@ from captum_fdcam import (
     benchmark,
     cli,
     registry,
+    resolve,
 )
 from captum_fdcam.evaluation import explain, method_class
 from captum_fdcam.registry import REGISTRY, MethodInfo
@@ -127,13 +128,14 @@ def test_a_method_added_to_the_registry_is_everywhere(
     assert captum_fdcam.METHODS["Tiny-CAM"] is LayerTinyCam
     assert "Tiny-CAM" in registry.cam_names()
     assert "Tiny-CAM" in benchmark.CAMS
-    assert benchmark.parse_args(["--data", "x", "--cams", "Tiny-CAM"]).cams == ["Tiny-CAM"]
+    argv = ["benchmark", "--data", "x", "--cams", "Tiny-CAM"]
+    assert cli.build_parser().parse_args(argv).cams == ["Tiny-CAM"]
     rows = benchmark.jobs_for(("fdcam-table1",), ("Tiny-CAM",))
     assert [(r.table, r.job.method) for r in rows] == [("fdcam-table1", "Tiny-CAM")]
     with pytest.raises(SystemExit):
         cli.main(["explain", "--help"])
     assert "Tiny-CAM" in " ".join(capsys.readouterr().out.split())
-    assert cli.check_methods(["Tiny-CAM", "FG-Tiny-CAM"]) == {
+    assert resolve.check_methods(["Tiny-CAM", "FG-Tiny-CAM"]) == {
         "Tiny-CAM": True,
         "FG-Tiny-CAM": True,
     }

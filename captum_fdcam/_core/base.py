@@ -44,6 +44,7 @@ from captum_fdcam._core.validation import (
     check_gradients_possible,
     check_inputs,
     check_layer,
+    check_model_device,
     check_no_script_modules,
     layer_name,
     model_scores,
@@ -329,6 +330,7 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
         """The inputs as a tuple of tensors, checked: the shared checks (floating point,
         finite, one batch size, at least one example), then :meth:`check_inputs`."""
         formatted = _format_tensor_into_tuples(inputs)
+        check_model_device(self.forward_func)
         check_inputs(formatted)
         self.check_inputs(formatted)
         return formatted
@@ -554,6 +556,11 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
             grad_kwargs (dict, optional): Extra keyword arguments of
                 ``torch.autograd.grad``. Default: None
 
+        The gradient CAMs take these arguments, Captum's ``LayerGradCam``'s, only; the
+        perturbation CAMs (:class:`PerturbationLayerCam` and its kin: Score-CAM,
+        Group-CAM, Ablation-CAM, FD-CAM) add ``perturbations_per_eval`` and
+        ``show_progress``.
+
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**: (N, 1, h, w) at the
             layer's resolution ((N, K, h, w) with ``attr_dim_summation=False``); a
@@ -662,8 +669,22 @@ class _PerturbationAttribute(LayerCamBase[StateT]):
             perturbations_per_eval (int, optional): How many perturbed copies of an
                 example go through the model in one forward call, as in Captum's
                 perturbation methods. Memory grows with it. Default: 64
-            show_progress (bool, optional): Show a progress bar over the perturbed
-                copies. Default: False
+            show_progress (bool, optional): Displays the progress of computation: a
+                tqdm bar on stderr (Captum's ``progress`` helper, as in Captum's
+                ``FeatureAblation``), titled with the method's name, over the
+                perturbed copies the method evaluates, one step per copy (one row of
+                a forward call of up to ``perturbations_per_eval`` rows; Captum's
+                bar counts forward calls instead), the postfix naming them:
+                Score-CAM's masked inputs (one per distinct mask, at most K) and
+                baseline, Group-CAM's masked inputs (at most ``groups``) and blurred
+                input, Ablation-CAM's and FD-CAM's switched copies through the
+                network after the layer (K and 2K, fewer where copies coincide), for
+                each example. The total is known before the first pass and the bar
+                ends at 100%; the reference forward (and backward) pass is not
+                counted. Weights found in a
+                :class:`~captum_fdcam.evaluation.memo.WeightsCache` evaluate nothing
+                and show no bar. The gradient CAMs do not take this argument.
+                Default: False
 
         Returns:
             *Tensor* of **attributions**, (N, 1, h, w) at the layer's resolution.

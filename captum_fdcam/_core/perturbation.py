@@ -192,15 +192,30 @@ class PerturbationEngine:
         return self._scores(self.output[sample : sample + 1], sample, score)[0]
 
     @contextmanager
-    def progress(self, total: int | Callable[[], int], desc: str) -> Iterator[None]:
-        """Shows a progress bar over ``total`` evaluated copies when ``show_progress``.
+    def progress(
+        self, total: int | Callable[[], int], desc: str, unit: str | None = None
+    ) -> Iterator[None]:
+        """Shows a progress bar of the perturbed copies evaluated, when ``show_progress``.
+
+        The one progress bar of the perturbation methods: :meth:`input_scores` and
+        :meth:`switch_scores` advance it by one step per perturbed copy they evaluate
+        (one row of a forward call of up to ``perturbations_per_eval`` rows), so a
+        method only wraps its loop over the examples in ``with engine.progress(...)``.
+        The bar is Captum's ``progress`` helper (tqdm, written to stderr), titled
+        ``desc`` (the method's name), with ``unit`` (what a step is, e.g. ``"masked
+        inputs"``) as its postfix: ``Score-CAM: 100%|...| 13/13 [..., masked inputs]``.
 
         ``total`` counts what will really run (copies left after deduplication and
         short-cuts), so that the bar ends at 100%; a function is called only when
         the bar is shown, for totals that cost a pass over the activations to count.
+        The reference forward (and backward) pass of ``attribute`` is not counted.
+        Without ``show_progress`` nothing is created or written.
         """
         if self.show_progress:
             self._bar = captum_progress(desc=desc, total=total() if callable(total) else total)
+            # Captum's fallback bar where tqdm is missing (Captum < 0.8) has no postfix.
+            if unit is not None and hasattr(self._bar, "set_postfix_str"):
+                self._bar.set_postfix_str(unit)
         try:
             yield
         finally:

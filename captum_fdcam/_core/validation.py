@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from captum_fdcam.errors import (
+    DeviceError,
     GradientsDisabledError,
     InputError,
     LayerError,
@@ -137,13 +138,31 @@ def check_gradients_possible(method: str) -> None:
         )
 
 
+def check_model_device(model: Any) -> None:
+    """A model whose parameters are on the ``meta`` device cannot compute a map."""
+    if not isinstance(model, Module):
+        return
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise DeviceError(
+                f"The model's {name!r} is on the meta device, which holds shapes but no "
+                "values: load the weights (model.to_empty(device=...) then "
+                "load_state_dict, or load_state_dict(..., assign=True)) before explaining."
+            )
+
+
 def check_inputs(inputs: tuple[Tensor, ...]) -> None:
-    """Inputs must be floating-point tensors sharing the batch dimension."""
+    """Inputs must be floating-point tensors with values, sharing the batch dimension."""
     if not inputs:
         raise InputError("inputs is empty: pass at least one input tensor.")
     for i, x in enumerate(inputs):
         if not isinstance(x, Tensor):
             raise TypeError(f"inputs[{i}] must be a torch.Tensor, got {type(x).__name__}.")
+        if x.is_meta:
+            raise DeviceError(
+                f"inputs[{i}] is on the meta device, which holds a shape but no values: "
+                "pass a tensor on the model's device (cpu, cuda, ...)."
+            )
         if not torch.is_floating_point(x):
             raise TypeError(
                 f"inputs[{i}] has dtype {x.dtype}; CAM methods need floating-point inputs "

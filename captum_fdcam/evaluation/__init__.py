@@ -6,8 +6,8 @@
   (:class:`Explainer`, :func:`evaluate`);
 * what to score and one image's scores (:class:`Job`, :func:`make_metric`, :func:`score`),
   the metrics' directions and units (:data:`METRICS`);
-* summaries with bootstrap CIs, markdown tables and curve plots (:func:`summarise`,
-  :func:`markdown`, :func:`plot_curves`);
+* summaries with bootstrap CIs (:func:`summarise`, :func:`bootstrap_ci`), and their
+  markdown tables and curve plots (:func:`markdown`, :func:`plot_curves`);
 * images and labels (:func:`load_image`, :func:`folder_images`, :func:`read_labels`).
 
 ``captum-fdcam evaluate`` and the benchmark's tables both run through here.
@@ -47,10 +47,11 @@ if TYPE_CHECKING:
         Insertion,
         curve_auc,
     )
-    from captum_fdcam.evaluation.report import bootstrap_ci, markdown, plot_curves, summarise
+    from captum_fdcam.evaluation.report import markdown, plot_curves
     from captum_fdcam.evaluation.road import ROAD
     from captum_fdcam.evaluation.saliency import channel_sum
     from captum_fdcam.evaluation.scoring import Job, make_metric, score
+    from captum_fdcam.evaluation.stats import bootstrap_ci, summarise
     from captum_fdcam.evaluation.suite import Explainer, evaluate
 
 _EXPORTS = {
@@ -77,15 +78,15 @@ _EXPORTS = {
     "GridPointingGame": "metrics",
     "Insertion": "metrics",
     "curve_auc": "metrics",
-    "bootstrap_ci": "report",
     "markdown": "report",
     "plot_curves": "report",
-    "summarise": "report",
     "ROAD": "road",
     "channel_sum": "saliency",
     "Job": "scoring",
     "make_metric": "scoring",
     "score": "scoring",
+    "bootstrap_ci": "stats",
+    "summarise": "stats",
     "Explainer": "suite",
     "evaluate": "suite",
 }

@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import captum.attr
 import numpy as np
 import torch
 from captum.attr import Attribution, LayerAttribution
@@ -32,65 +31,12 @@ from captum_fdcam.evaluation.memo import WeightsCache, digest
 from captum_fdcam.evaluation.saliency import channel_sum
 from captum_fdcam.methods.fine_grained import FGCam, LayerFGCam
 from captum_fdcam.methods.lrp import PropagationLRP
+from captum_fdcam.resolve import default_layer_name, find_layer, method_class
 from captum_fdcam.targets import Logits
 
-
-def method_class(method: str | type) -> type:
-    """The attribution class for a name of this library (``"FD-CAM"``, ``"LayerFDCam"``)
-    or of Captum (``"LayerGradCam"``, ``"IntegratedGradients"``), or the class itself."""
-    if isinstance(method, type):
-        if not issubclass(method, Attribution):
-            raise TypeError(f"{method.__name__} is not a Captum Attribution class.")
-        return method
-    import captum_fdcam
-
-    info = registry.find(method)
-    # The registry's display names of its CAMs first; "LRP" stays Captum's LRP, as the
-    # name of an attribution class of captum.attr (PropagationLRP is this library's).
-    if info is not None and (info.layer or info.class_name == method):
-        return registry.load_class(info)
-    for namespace in (captum_fdcam, captum.attr):
-        found = getattr(namespace, method, None)
-        if isinstance(found, type) and issubclass(found, Attribution):
-            return found
-    known = ", ".join(sorted(registry.cam_names()))
-    raise ValueError(
-        f"Unknown method {method!r}: use one of {known}, 'FG-' + one of them, or the name "
-        "of an attribution class of captum_fdcam or captum.attr."
-    )
-
-
-def default_layer_name(model: nn.Module) -> str:
-    """The module name of the layer :func:`find_layer` explains by default, by family
-    (:func:`captum_fdcam.architectures.default_layer`): the offline model's
-    ``head_activation``; a ViT's last block's first norm; Swin's final norm; ConvNeXt's
-    last stage; else the model's last ``Conv2d``.
-
-    Raises:
-        ValueError: no such layer (a :class:`~captum_fdcam.errors.LayerError`).
-    """
-    return default_layer(model).name
-
-
-def find_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
-    """The module to explain: by name, as given, or by default the layer of
-    :func:`default_layer_name`."""
-    if isinstance(layer, nn.Module):
-        if not any(m is layer for m in model.modules()):
-            # Quantus's randomisation metrics (MPRT, ...) explain deep copies of the
-            # model, where a module of the original would silently explain the original.
-            raise ValueError(
-                f"The layer {type(layer).__name__} is not a module of the model being "
-                "explained: pass the layer by name (layer='layer4'), which also works on "
-                "the copies Quantus's randomisation metrics make."
-            )
-        return layer
-    if isinstance(layer, str):
-        try:
-            return model.get_submodule(layer)
-        except AttributeError as err:
-            raise ValueError(f"The model has no module named {layer!r}.") from err
-    return model.get_submodule(default_layer_name(model))
+# method_class, find_layer and default_layer_name live in captum_fdcam.resolve, the one
+# place that resolves names; they stay importable from here.
+__all__ = ["default_layer_name", "explain", "find_layer", "method_class"]
 
 
 def _default_layer_notice(model: nn.Module) -> None:

@@ -1,107 +1,47 @@
-"""Summaries of scores: means with bootstrap confidence intervals, markdown tables that
-say each metric's direction and unit, and the mean insertion/deletion curves as plots."""
+"""Rendering of the means tables: markdown tables that say each metric's direction and
+unit, each cell a mean with its bootstrap 95% CI, and the mean insertion/deletion curves
+as plots. The statistics (:func:`summarise`, :func:`bootstrap_ci`, :func:`per_unit`) are
+computed in :mod:`captum_fdcam.evaluation.stats` and importable from here too."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from captum_fdcam.evaluation.metric_info import FLAGS, legend, mosaic_metrics
+from captum_fdcam.evaluation.stats import bootstrap_ci, per_unit, summarise
 
-if TYPE_CHECKING:
-    import numpy as np
-
-
-def bootstrap_ci(values: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean."""
-    import numpy as np
-
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (samples, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def per_unit(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records with the cells of each GridPG mosaic (items ``mosaic<i>-cell<j>``)
-    merged into one record per mosaic (item ``mosaic<i>``), each score the mean of the
-    cells' (curves elementwise). A mosaic's four cells share its four images, so they
-    are not independent draws: CIs over cells were too narrow. Other records are kept
-    as they are, in their order."""
-    from captum_fdcam.evaluation.paired import unit_of
-
-    merged: list[dict[str, Any]] = []
-    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        unit = unit_of(r["item"])
-        if unit == r["item"]:
-            merged.append(r)
-            continue
-        key = (r["table"], r["method"], unit)
-        if key not in cells:
-            cells[key] = []
-            merged.append({"table": r["table"], "method": r["method"], "item": unit, "of": key})
-        cells[key].append(r)
-    for i, r in enumerate(merged):
-        if "of" not in r:
-            continue
-        group = cells[r["of"]]
-        scores: dict[str, Any] = {}
-        for name in group[0]["scores"]:
-            values = [c["scores"][name] for c in group if name in c["scores"]]
-            if name.endswith("_curve"):
-                length = min(len(v) for v in values)
-                scores[name] = [sum(v[j] for v in values) / len(values) for j in range(length)]
-            else:
-                scores[name] = sum(values) / len(values)
-        merged[i] = {**{k: r[k] for k in ("table", "method", "item")}, "scores": scores}
-    return merged
-
-
-def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per table, method and metric: mean, 95% CI and count (of images; of mosaics for
-    scores of GridPG mosaic cells, see :func:`per_unit`); the overall AUC too."""
-    import numpy as np
-
-    records = per_unit(records)
-    grouped: dict[tuple[str, str], dict[str, list[float]]] = {}
-    curves: dict[tuple[str, str, str], list[list[float]]] = {}
-    for r in records:
-        slot = grouped.setdefault((r["table"], r["method"]), {})
-        for key, value in r["scores"].items():
-            if key.endswith("_curve"):
-                curves.setdefault((r["table"], r["method"], key), []).append(value)
-            else:
-                slot.setdefault(key, []).append(value)
-        if {"insertion", "deletion"} <= r["scores"].keys():
-            slot.setdefault("overall", []).append(
-                r["scores"]["insertion"] - r["scores"]["deletion"]
-            )
-    tables: dict[str, Any] = {}
-    for (table, method), metrics in grouped.items():
-        row = tables.setdefault(table, {}).setdefault(method, {})
-        for key, values in metrics.items():
-            array = np.asarray(values, dtype=np.float64)
-            low, high = bootstrap_ci(array)
-            row[key] = {"mean": float(array.mean()), "ci95": [low, high], "n": len(array)}
-        for (t, m, key), items in curves.items():
-            if t == table and m == method:
-                length = min(len(c) for c in items)
-                row[key] = np.mean([c[:length] for c in items], axis=0).tolist()
-    return tables
+__all__ = [
+    "bootstrap_ci",
+    "format_cell",
+    "markdown",
+    "missing_ci",
+    "per_unit",
+    "plot_curves",
+    "summarise",
+]
 
 
 def _count(row: dict[str, Any]) -> int:
     return max(c["n"] for k, c in row.items() if not k.endswith("_curve"))
 
 
+def missing_ci(n: int) -> str:
+    """What a table prints in place of a CI the bootstrap cannot give (``n`` < 2 units):
+    ``[no CI at n = 1]``, in the means tables and the paired ones alike."""
+    return f"[no CI at n = {n}]"
+
+
 def format_cell(metric: str, cell: dict[str, Any], n: int, digits: int = 4) -> str:
-    """A table cell: the mean with its bootstrap 95% CI, or for a flag (``constant_map``)
-    how many of the row's ``n`` items carry it."""
+    """A table cell: the mean with its bootstrap 95% CI (:func:`missing_ci` where there
+    is none), or for a flag (``constant_map``) how many of the row's ``n`` items carry
+    it."""
     if metric in FLAGS:
         return f"{cell['n']} of {n}"
     low, high = cell["ci95"]
+    if math.isnan(low) or math.isnan(high):
+        return f"{cell['mean']:.{digits}f} {missing_ci(cell['n'])}"
     return f"{cell['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 

@@ -312,7 +312,12 @@ _ARGS_DOC = r"""
                 as the paper does). Default: False
             perturbations_per_eval (int, optional): Passed to a perturbation base CAM
                 (Score-CAM, FD-CAM, ...). Default: 64
-            show_progress (bool, optional): Progress bar of a perturbation base CAM.
+            show_progress (bool, optional): Displays the progress of a perturbation
+                base CAM's weights: its own bar over the perturbed copies (see
+                :meth:`~captum_fdcam.PerturbationLayerCam.attribute`), the same as
+                ``base_cam.attribute(..., show_progress=True)`` shows; the
+                propagation (one backward pass) has none. Ignored over a gradient
+                base CAM. Default: False
             grad_kwargs (dict, optional): Extra arguments of ``torch.autograd.grad``
                 for the base CAM's gradients."""
 

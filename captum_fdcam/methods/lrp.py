@@ -39,6 +39,7 @@ from captum_fdcam._core.base import attribution_call, warn_constant_maps
 from captum_fdcam._core.validation import (
     check_gradients_possible,
     check_inputs,
+    check_model_device,
     check_no_script_modules,
     target_rows,
 )
@@ -134,6 +135,7 @@ class PropagationLRP(GradientAttribution):
         # As the CAMs: inference_mode would fail the backward pass with a bare message.
         check_gradients_possible(type(self).__name__)
         formatted = _format_tensor_into_tuples(inputs)
+        check_model_device(self.model)
         check_inputs(formatted)
         # As every attribution here: compiled parts eager, a train-mode model's buffers back.
         with attribution_call(self.model, type(self).__name__, perturbs=False, propagates=True):
@@ -164,6 +166,7 @@ class PropagationLRP(GradientAttribution):
         """
         check_gradients_possible(type(self).__name__)
         formatted = _format_tensor_into_tuples(inputs)
+        check_model_device(self.model)
         check_inputs(formatted)
         extra = _format_additional_forward_args(additional_forward_args)
         rows = target_rows(target, formatted[0].shape[0]) if target is not None else None

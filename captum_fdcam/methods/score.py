@@ -155,7 +155,9 @@ class LayerScoreCam(PerturbationLayerCam):
     labels), ``'logit'`` or ``'probability'`` to choose.
 
     Cost: one forward pass per distinct mask (at most K), in batches of
-    ``perturbations_per_eval``, plus one for the baseline.
+    ``perturbations_per_eval``, plus one for the baseline: the steps of the progress
+    bar of ``attribute(..., show_progress=True)`` (``Score-CAM``, at most K + 1 per example,
+    "masked inputs and baseline").
 
     Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional
     Neural Networks", CVPR Workshops 2020. https://arxiv.org/abs/1910.01279
@@ -221,7 +223,8 @@ class LayerScoreCam(PerturbationLayerCam):
         # One pass per distinct mask, and one for the baseline, for each example.
         total = sum(len(unique) for unique, _ in distinct) + (0 if base is None else len(x))
         weights = []
-        with engine.progress(total, "Score-CAM"):
+        unit = "masked inputs" if base is None else "masked inputs and baseline"
+        with engine.progress(total, "Score-CAM", unit):
             for i, maps in enumerate(distinct):
                 image = x[i : i + 1]
                 scores = _masked_scores(engine, i, maps, size, lambda m, im=image: im * m, score)
@@ -254,7 +257,9 @@ class LayerGroupCam(
     paper's map exactly. ``attr_dim_summation=False`` returns the G terms.
 
     Cost: one forward and one backward pass, then one forward pass per distinct
-    group mask (at most ``groups``) plus one for the blurred input.
+    group mask (at most ``groups``) plus one for the blurred input: the steps of the
+    progress bar of ``attribute(..., show_progress=True)`` (``Group-CAM``, "masked and
+    blurred inputs").
 
     Zhang et al., "Group-CAM: Group Score-Weighted Visual Explanations for Deep
     Convolutional Networks", 2021. https://arxiv.org/abs/2103.13859
@@ -349,7 +354,7 @@ class LayerGroupCam(
         # One pass for the blurred input and one per distinct mask, for each example.
         total = sum(1 + len(unique) for unique, _ in distinct)
         terms = []
-        with engine.progress(total, "Group-CAM"):
+        with engine.progress(total, "Group-CAM", "masked and blurred inputs"):
             for i in range(len(maps)):
                 image = x[i : i + 1]
                 blurred = self.blur(image)

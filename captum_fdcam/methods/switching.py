@@ -8,6 +8,7 @@ switched copies (see :mod:`captum_fdcam._core.replay`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Literal, get_args
 
 import torch
@@ -42,7 +43,9 @@ class LayerAblationCam(PerturbationLayerCam):
     activations set to 0. Where :math:`y_c = 0` the weights are 0.
 
     Cost: one forward pass, then K copies through the network after the layer only
-    (in batches of ``perturbations_per_eval``); all-zero channels cost nothing.
+    (in batches of ``perturbations_per_eval``); all-zero channels cost nothing. The
+    copies are the steps of the progress bar of ``attribute(..., show_progress=True)``
+    (``Ablation-CAM``, "switched copies").
 
     Desai and Ramaswamy, "Ablation-CAM: Visual Explanations for Deep Convolutional
     Network via Gradient-free Localization", WACV 2020.
@@ -76,7 +79,9 @@ class LayerAblationCam(PerturbationLayerCam):
         score = engine.resolve_score(self.score)
         weights = []
         with engine.progress(
-            lambda: sum(engine.switch_passes(a, keep) for a in activation), "Ablation-CAM"
+            lambda: sum(engine.switch_passes(a, keep) for a in activation),
+            "Ablation-CAM",
+            "switched copies",
         ):
             for i in range(n):
                 reference = engine.reference(i, score)
@@ -133,7 +138,9 @@ class LayerFDCam(GradientPerturbationLayerCam):
 
     Cost: one forward and one backward pass, then 2K switched copies through the
     network after the layer only (K with ``switch='off'``), in batches of
-    ``perturbations_per_eval``; identical copies are evaluated once.
+    ``perturbations_per_eval``; identical copies are evaluated once. The copies
+    evaluated are the steps of the progress bar of ``attribute(...,
+    show_progress=True)`` (``FD-CAM``, "switched copies").
 
     Li, Li, Ma and Wu, "FD-CAM: Improving Faithfulness and Discriminability of
     Visual Explanation for CNNs", CVPR 2022 XAI4CV workshop. https://arxiv.org/abs/2206.08792
@@ -205,6 +212,16 @@ class LayerFDCam(GradientPerturbationLayerCam):
         groups = similarity_groups(activation, self.group_fraction)
         return ~groups if self.switch == "off" else torch.cat([~groups, groups])
 
+    def _progress(self, state: PerturbationCamState) -> AbstractContextManager[None]:
+        """The progress bar over the switched copies of every example of ``state``."""
+        engine, activation = state.engine, state.activation
+        return engine.progress(
+            # A function: the groups are computed again only when a bar is shown.
+            lambda: sum(engine.switch_passes(a, self.switched_channels(a)) for a in activation),
+            "FD-CAM",
+            "switched copies",
+        )
+
     def channel_scores(
         self,
         inputs: Tensor | tuple[Tensor, ...],
@@ -212,8 +229,12 @@ class LayerFDCam(GradientPerturbationLayerCam):
         additional_forward_args: Any = None,
         attribute_to_layer_input: bool = False,
         perturbations_per_eval: int = 64,
+        show_progress: bool = False,
     ) -> Tensor:
         """The grouped channel-switching scores :math:`s_k` alone (before normalisation).
+
+        The arguments are those of :meth:`attribute`; ``show_progress`` shows the same
+        bar over the switched copies.
 
         Returns:
             (N, K) scores, for analysis and for the paper's ablations.
@@ -225,22 +246,20 @@ class LayerFDCam(GradientPerturbationLayerCam):
                 additional_forward_args=additional_forward_args,
                 attribute_to_layer_input=attribute_to_layer_input,
                 perturbations_per_eval=perturbations_per_eval,
+                show_progress=show_progress,
             )
             activation = state.activation
-            return torch.stack(
-                [self.switching_scores(activation[i], state, i) for i in range(len(activation))]
-            )
+            with self._progress(state):
+                return torch.stack(
+                    [self.switching_scores(activation[i], state, i) for i in range(len(activation))]
+                )
 
     def weights(self, state: GradientPerturbationCamState) -> Tensor:
-        activation, gradient, engine = state.activation, state.gradient, state.engine
+        activation, gradient = state.activation, state.gradient
         # Weights in at least float32 (the scores' dtype), the map in the activation's.
         alpha = gradient.to(score_dtype(gradient.dtype)).mean(dim=(2, 3))
         weights = []
-        with engine.progress(
-            # A function: the groups are computed again only when a bar is shown.
-            lambda: sum(engine.switch_passes(a, self.switched_channels(a)) for a in activation),
-            "FD-CAM",
-        ):
+        with self._progress(state):
             for i in range(len(activation)):
                 s_hat = min_max(self.switching_scores(activation[i], state, i).to(alpha.dtype))
                 a_hat = min_max(alpha[i])
