@@ -65,7 +65,7 @@ class EvaluateRequest:
             needs a row. None: ``labels.csv`` beside the images if there is one, else
             the model's top class.
         methods: method names, as for :class:`ExplainRequest`.
-        metrics: metric names of :func:`captum_fdcam.evaluation.metric_info.per_image_metrics`.
+        metrics: metric names of ``captum_fdcam.evaluation.metric_info.per_image_metrics()``.
         limit: the first N images only.
         out: the output folder; a run resumes the scores already there.
         progress: progress bars.
@@ -83,7 +83,7 @@ class EvaluateRequest:
 
 @dataclass(frozen=True)
 class BenchmarkRequest:
-    """Reproduce the papers' tables on a labelled folder (:mod:`captum_fdcam.benchmark`).
+    """Reproduce the papers' tables on a labelled folder (``captum_fdcam.benchmark``).
 
     Attributes:
         data: the folder of images, with a ``labels.csv`` unless ``labels`` is given.

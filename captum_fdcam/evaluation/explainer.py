@@ -6,9 +6,10 @@ Quantus calls ``explain_func(model=model, inputs=x_batch, targets=y_batch,
     import quantus
     from captum_fdcam.evaluation import explain
 
-    metric = quantus.PixelFlipping(features_in_step=224)
-    scores = metric(model, x_batch, y_batch, explain_func=explain,
-                    explain_func_kwargs={"method": "FD-CAM", "layer": "layer4"})
+    # 6272 values a step: 24 forward passes per 224 x 224 image (224 would take 672)
+    metric = quantus.PixelFlipping(features_in_step=6272)
+    curves = metric(model, x_batch, y_batch, explain_func=explain,
+                    explain_func_kwargs={"method": "FD-CAM", "layer": "head_activation"})
 """
 
 from __future__ import annotations
