@@ -79,6 +79,7 @@ from captum_fdcam.loading import (
     MIN_IMAGE_SIZE,
     OFFLINE_CLASSES,
     OFFLINE_MODEL,
+    OFFLINE_MODELS,
     file_digest,
     offline_weights_digest,
 )
@@ -170,24 +171,29 @@ class TableJob:
     job: Job
 
 
-def jobs_for(tables: tuple[str, ...], cams: tuple[str, ...]) -> list[TableJob]:
-    """The rows of ``tables``, leaving out the rows of CAMs not in ``cams``."""
+def jobs_for(
+    tables: tuple[str, ...], cams: tuple[str, ...], model: str = OFFLINE_MODEL
+) -> list[TableJob]:
+    """The rows of ``tables`` on the offline ``model``, leaving out the rows of CAMs not
+    in ``cams``."""
+    info = OFFLINE_MODELS[model]
+    layers = {"": info.head_layer, "/depthwise": info.depthwise_layer}
     rows: list[TableJob] = []
     # The table names without a suffix are those of the stored scores (head_activation).
-    for suffix, layer in LAYERS.items():
+    for suffix, layer in layers.items():
         if f"fdcam-table1{suffix}" in tables:
             rows += [TableJob(f"fdcam-table1{suffix}", Job(m, m, layer)) for m in cams]
-    for suffix, layer in LAYERS.items():
+    for suffix, layer in layers.items():
         if f"fdcam-ablation{suffix}" in tables:
             rows += [
                 TableJob(f"fdcam-ablation{suffix}", Job(n, "FD-CAM", layer, kw))
                 for n, kw in FD_ABLATIONS.items()
             ]
-    for suffix, layer in LAYERS.items():
+    for suffix, layer in layers.items():
         table = f"gridpg{suffix}"
         if table in tables:
             rows += [TableJob(table, Job(m, m, layer, metrics=("gridpg",))) for m in cams]
-    for suffix, layer in LAYERS.items():
+    for suffix, layer in layers.items():
         for table, metrics in (
             (f"quantus-faithfulness{suffix}", QUANTUS_FAITHFULNESS),
             (f"quantus-localisation{suffix}", QUANTUS_LOCALISATION),
@@ -196,7 +202,7 @@ def jobs_for(tables: tuple[str, ...], cams: tuple[str, ...]) -> list[TableJob]:
                 rows += [TableJob(table, Job(m, m, layer, metrics=metrics)) for m in cams]
     faithful = ("average_drop", "average_increase", "insertion", "deletion")
     if "fgcam-layers" in tables:
-        for depth, layer in DEPTHS.items():
+        for depth, layer in info.depths.items():
             table = f"fgcam-layers/{depth}"
             for m in ("Grad-CAM", "Score-CAM", "Layer-CAM"):
                 rows.append(TableJob(table, Job(m, m, layer, metrics=faithful)))
@@ -204,7 +210,7 @@ def jobs_for(tables: tuple[str, ...], cams: tuple[str, ...]) -> list[TableJob]:
                 for denoise in (False, True):
                     name = f"FG-{base}" + ("-D" if denoise else "")
                     kw = {"denoise": True} if denoise else {}
-                    job = Job(name, f"FG-{base}", BASE_LAYER, {}, faithful, layer, kw)
+                    job = Job(name, f"FG-{base}", info.head_layer, {}, faithful, layer, kw)
                     rows.append(TableJob(table, job))
     if "fgcam-input" in tables:
         # FG-CAM's input-layer tables keep only positive pixels when fewer than half are.
@@ -216,7 +222,7 @@ def jobs_for(tables: tuple[str, ...], cams: tuple[str, ...]) -> list[TableJob]:
             for denoise in (False, True):
                 name = f"FG-{base}" + ("-D" if denoise else "")
                 kw = {"denoise": True} if denoise else {}
-                job = Job(name, f"FG-{base}", BASE_LAYER, {}, faithful, None, kw, True)
+                job = Job(name, f"FG-{base}", info.head_layer, {}, faithful, None, kw, True)
                 rows.append(TableJob("fgcam-input", job))
     return [r for r in rows if _uses_allowed_cams(r.job, cams)]
 
@@ -267,6 +273,8 @@ class Plan:
 
     samples: list[Sample]
     fingerprint: dict[str, Any]
+    model: str
+    image_size: int
     manifest: dict[str, Any] | None  # to write into --out; None: the one there is kept
     jobs: list[TableJob]
 
@@ -345,10 +353,16 @@ def prepare(request: BenchmarkRequest) -> Plan:
     the model. Raises the command line's error (one line, exit code 2)."""
     if request.limit is not None and request.limit < 1:
         raise RequestError(f"--limit must be at least 1 (got {request.limit})")
-    if request.image_size < MIN_IMAGE_SIZE:
+    if request.model not in OFFLINE_MODELS:
         raise RequestError(
-            f"--image-size must be at least {MIN_IMAGE_SIZE} for EfficientNet-Lite0, which "
-            f"downsamples {MIN_IMAGE_SIZE} times (got {request.image_size})"
+            f"unknown --model {request.model!r}: use one of {', '.join(OFFLINE_MODELS)}"
+        )
+    info = OFFLINE_MODELS[request.model]
+    size = info.image_size if request.image_size is None else request.image_size
+    if size < MIN_IMAGE_SIZE:
+        raise RequestError(
+            f"--image-size must be at least {MIN_IMAGE_SIZE} for {info.title}, which "
+            f"downsamples {MIN_IMAGE_SIZE} times (got {size})"
         )
     tables = tuple(request.tables) or TABLES
     unknown = [t for t in tables if t not in TABLES]
@@ -358,7 +372,7 @@ def prepare(request: BenchmarkRequest) -> Plan:
     unknown = [c for c in cams if c not in cam_names()]
     if unknown:
         raise RequestError(f"unknown CAMs {unknown}: use {', '.join(cam_names())}")
-    jobs = jobs_for(tables, cams)
+    jobs = jobs_for(tables, cams, request.model)
     with_grid = any(_on_mosaics(j) for j in jobs)
     if with_grid and request.mosaics < 1:
         raise RequestError(f"--mosaics must be at least 1 (got {request.mosaics})")
@@ -402,13 +416,13 @@ def prepare(request: BenchmarkRequest) -> Plan:
     names = [(_relative(p, data), label) for p, label in rows]
     fingerprint = {
         "labels": hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16],
-        "image_size": request.image_size,
-        "model": MODEL,
-        "weights": offline_weights_digest(),
+        "image_size": size,
+        "model": request.model,
+        "weights": offline_weights_digest(request.model),
         "protocol": PROTOCOL,
     }
     samples = [Sample(p, _relative(p, data), label, file_digest(p)) for p, label in chosen]
-    plan = Plan(samples, fingerprint, None, jobs)
+    plan = Plan(samples, fingerprint, request.model, size, None, jobs)
     _check_out(request, plan)
     return plan
 
@@ -554,11 +568,11 @@ def run(request: BenchmarkRequest) -> dict[str, Any] | None:
     from captum_fdcam.loading import offline_model
 
     torch.manual_seed(0)
-    model = offline_model()
+    model = offline_model(name=plan.model)
     grid_jobs = [j for j in plan.jobs if _on_mosaics(j)]
     image_jobs = [j for j in plan.jobs if not _on_mosaics(j)]
     n_mosaics = request.mosaics if grid_jobs else None
-    items = _items(model, plan.samples, request.image_size, n_mosaics)
+    items = _items(model, plan.samples, plan.image_size, n_mosaics)
     out = request.out
     todo: list[tuple[Item, TableJob, dict[str, Any]]] = []
     computed = 0
@@ -614,16 +628,17 @@ def run(request: BenchmarkRequest) -> dict[str, Any] | None:
                     model, row.job, item.x, item.y, item.s, weights_cache=weights, map_cache=maps
                 )
                 record = {"table": row.table, "method": row.job.name, "item": item.id}
+                record["model"] = plan.model
                 records.append({**record, "key": key, "scores": scores_})
                 computed += 1
                 bar.update(1)
         _barrier(world)
         if rank != 0:
             return None
-        return _write_tables(request, out)
+        return _write_tables(request, plan, out)
 
 
-def _write_tables(request: BenchmarkRequest, out: Path) -> dict[str, Any]:
+def _write_tables(request: BenchmarkRequest, plan: Plan, out: Path) -> dict[str, Any]:
     """The tables of every record in ``out``: JSON, markdown, paired differences, plots."""
     from captum_fdcam.evaluation.paired import write as write_paired
     from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
@@ -634,9 +649,10 @@ def _write_tables(request: BenchmarkRequest, out: Path) -> dict[str, Any]:
     )
     tables = summarise(records)
     write_text(out / "tables.json", json.dumps(tables, indent=1))
-    size = request.image_size
+    size = plan.image_size
+    title = OFFLINE_MODELS[plan.model].title
     header = (
-        f"# Paper tables on {request.data.name} (EfficientNet-Lite0, {size}x{size}; every "
+        f"# Paper tables on {request.data.name} ({title}, {size}x{size}; every "
         "record of the scores files once, however many runs wrote them; n per table below)"
     )
     text = markdown(tables, header)

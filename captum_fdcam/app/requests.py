@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # ModelRequest is the model service's own request; it is part of every request here.
-from captum_fdcam.loading import ModelRequest
+from captum_fdcam.loading import OFFLINE_MODEL, ModelRequest
 
 __all__ = [
     "BENCHMARK_OUT",
@@ -91,9 +91,11 @@ class BenchmarkRequest:
         out: the output folder; a run resumes the scores already there.
         tables: the tables to compute (``captum_fdcam.benchmark.TABLES``); empty: all.
         cams: the CAMs of the tables; empty: all.
+        model: the offline model (``efficientnet-lite0``, ``-lite1``, ``-lite2``:
+            ``captum_fdcam.loading.OFFLINE_MODELS``).
         limit: the first N labelled images by file name.
         mosaics: GridPG mosaics, at most.
-        image_size: the resize/crop size.
+        image_size: the resize/crop size; None: the model's own (224, 240, 260).
         labelled_only: score only the images the labels file lists; otherwise an image
             of ``data`` without a label is an error naming it.
         progress: progress bars.
@@ -104,8 +106,9 @@ class BenchmarkRequest:
     out: Path = BENCHMARK_OUT
     tables: tuple[str, ...] = ()
     cams: tuple[str, ...] = ()
+    model: str = OFFLINE_MODEL
     limit: int | None = None
     mosaics: int = 24
-    image_size: int = 224
+    image_size: int | None = None
     labelled_only: bool = False
     progress: bool = True
