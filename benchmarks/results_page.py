@@ -569,15 +569,99 @@ def _across_section(metrics: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+#: The headline questions, each a paired comparison: (question, table without its layer
+#: suffix, metric, method, reference). Asked of every model and layer the scores have.
+_FD, _GC, _ALL = "FD-CAM", "Grad-CAM", "overall"
+QUESTIONS = (
+    ("FD-CAM - Grad-CAM, overall AUC", "fdcam-table1", _ALL, _FD, _GC),
+    ("FD-CAM - Ablation-CAM, overall AUC", "fdcam-table1", _ALL, _FD, "Ablation-CAM"),
+    ("FD-CAM - Grad-CAM, GridPG", "gridpg", "gridpg", _FD, _GC),
+    *(
+        (f"{v.removeprefix('FD-CAM, ')} - FD-CAM, overall AUC", "fdcam-ablation", _ALL, v, _FD)
+        for v in (
+            "FD-CAM, no grouping",
+            "FD-CAM, switch-off only",
+            "FD-CAM, rho = a s",
+            "FD-CAM, rho = a exp(s)",
+        )
+    ),
+    *(
+        (f"FG-Grad-CAM - Grad-CAM at {d}, overall AUC", f"fgcam-layers/{d}", _ALL, f"FG-{_GC}", _GC)
+        for d in ("depth-56", "depth-28", "depth-14")
+    ),
+)
+#: The layers of a table: its name without a suffix is at the head, "/depthwise" at the
+#: last block's depthwise activation; the FG-CAM tables have one layer each.
+LAYER_SUFFIXES = {"head": "", "depthwise": "/depthwise"}
+
+
+def _verdict(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "no scores"
+    if not stats.claimed(row):
+        return f"not shown either way (n = {row['n']})"
+    return f"{'higher' if row['mean'] > 0 else 'lower'} (n = {row['n']})"
+
+
+def across_models(models: dict[str, dict[str, dict[str, list[dict[str, Any]]]]]) -> list[str]:
+    """The headline questions on every model: a table to read in a minute (one line per
+    question, one column per model and layer), then one row per model and layer with
+    the paired difference, its CI and the verdict. ``models``: a model's title -> its
+    paired tables (:func:`captum_fdcam.evaluation.stats.paired_tables`)."""
+    columns = [(m, layer) for m in models for layer in LAYER_SUFFIXES]
+    glance = [
+        "| question | " + " | ".join(f"{m}, {layer}" for m, layer in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    detail = [
+        "| question | model | layer | difference [95% CI] | n | verdict |",
+        "|---|---|---|---|---:|---|",
+    ]
+    for question, prefix, metric, method, reference in QUESTIONS:
+        cells = []
+        for model, layer in columns:
+            if prefix.startswith("fgcam-layers") and layer != "head":
+                cells.append("—")  # FG-CAM's depths are their own layers
+                continue
+            table = prefix + LAYER_SUFFIXES[layer]
+            row = _find(models[model].get(table, {}).get(metric, []), method, reference)
+            cells.append(_verdict(row))
+            if row is not None:
+                digits = paired.digits_for(metric)
+                where = prefix.split("/")[1] if prefix.startswith("fgcam-layers") else layer
+                detail.append(
+                    f"| {question} | {model} | {where} | {paired.interval(row, digits)} "
+                    f"| {row['n']} | {_verdict(row).split(' (')[0]} |"
+                )
+        glance.append(f"| {question} | " + " | ".join(cells) + " |")
+    return [
+        "## The answers across models",
+        "",
+        "Each cell: the sign of the paired per-image difference (method - reference) where "
+        f'its bootstrap 95% CI excludes 0 at n >= {stats.MIN_CLAIM_N}, else "not shown '
+        'either way"; "no scores": that model\'s folder has none for the question yet. '
+        "The FG-CAM rows are at their own depths (strides 4, 8, 16) over the head's CAM.",
+        "",
+        *glance,
+        "",
+        "Per model and layer:",
+        "",
+        *detail,
+        "",
+    ]
+
+
 def page(
     folder: Path,
     records: list[dict[str, Any]],
     tables: dict[str, dict[str, list[dict[str, Any]]]],
     page_path: Path,
     shown: str | None = None,
+    others: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] | None = None,
 ) -> str:
-    """The results page: the intro, then per table its text, the papers' numbers, the
-    means with CIs, the sentences and the paired table."""
+    """The results page: the intro, the answers across models (when ``others``, the
+    paired tables of other models by title, are given), then per table its text, the
+    papers' numbers, the means with CIs, the sentences and the paired table."""
     means = summarise(records)  # per mosaic for mosaic cells, as tables.md
     names = sorted(means, key=_section_order)
 
@@ -594,6 +678,8 @@ def page(
             min_n=stats.MIN_CLAIM_N,
         )
     ]
+    if others:
+        lines += across_models({"EfficientNet-Lite0": tables, **others})
     answers = _headlines(tables, means)
     if answers:
         lines += ["## Headline answers", ""]
@@ -635,9 +721,20 @@ def page(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def generate(folder: Path, page_path: Path) -> dict[str, Any]:
+def _paired_of(folder: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The paired tables of another model's folder (nothing is written there)."""
+    records = sorted(
+        read_scores(folder).records,
+        key=lambda r: (r["table"], r["method"], r["item"], identity(r.get("key"))),
+    )
+    return stats.paired_tables(records)
+
+
+def generate(
+    folder: Path, page_path: Path, others: dict[str, Path] | None = None
+) -> dict[str, Any]:
     """Writes FOLDER/paired.json, FOLDER/paired.md and the page; returns the paired
-    tables."""
+    tables. ``others``: other models' folders by title, for the answers across models."""
     records = sorted(
         read_scores(folder).records,
         key=lambda r: (r["table"], r["method"], r["item"], identity(r.get("key"))),
@@ -649,7 +746,8 @@ def generate(folder: Path, page_path: Path) -> dict[str, Any]:
         shown = folder.resolve().relative_to(ROOT).as_posix()
     except ValueError:
         shown = folder.as_posix()
-    page_path.write_text(page(folder, records, tables, page_path, shown))
+    other_tables = {title: _paired_of(path) for title, path in (others or {}).items()}
+    page_path.write_text(page(folder, records, tables, page_path, shown, other_tables))
     return tables
 
 
@@ -659,8 +757,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--page", type=Path, default=ROOT / "docs" / "results.md", help="(default: %(default)s)"
     )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="TITLE=FOLDER",
+        help="another model's benchmark folder, for the answers across models "
+        "(EfficientNet-Lite1=benchmarks/results/paper_tables_lite1); repeat for each",
+    )
     args = parser.parse_args(argv)
-    tables = generate(args.folder, args.page)
+    others = dict(item.split("=", 1) for item in args.model)
+    tables = generate(args.folder, args.page, {t: Path(f) for t, f in others.items()})
     print(f"wrote {args.folder / 'paired.json'}, {args.folder / 'paired.md'}, {args.page}")
     print(json.dumps({t: list(m) for t, m in tables.items()}))
     return 0

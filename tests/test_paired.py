@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from captum_fdcam.evaluation import paired
+from captum_fdcam.evaluation import paired, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -501,3 +501,33 @@ def test_paired_md_lists_each_pair_once(tmp_path: Path) -> None:
         assert back["mean"] == pytest.approx(kept["mean"], abs=1e-15), metric
         assert back["ci95"] == pytest.approx(kept["ci95"], abs=1e-15), metric
         assert (back["wins"], back["losses"]) == (kept["wins"], kept["losses"])
+
+
+def test_the_answers_across_models_read_each_models_paired_rows() -> None:
+    """One line per question, one cell per model and layer: the sign where the paired CI
+    excludes 0 at n >= 10, "not shown either way" otherwise, "no scores" without rows."""
+    results_page = _generator()
+
+    def records(shift: float, n: int, table: str) -> list[dict[str, Any]]:
+        rng = np.random.default_rng(1)
+        base = rng.uniform(0.3, 0.7, n)
+        return [
+            {"table": table, "method": method, "item": f"img{i}.png",
+             "scores": {"insertion": float(base[i] + delta), "deletion": 0.2}}
+            for method, delta in (("Grad-CAM", 0.0), ("FD-CAM", shift))
+            for i in range(n)
+        ]  # fmt: skip
+
+    lite0 = stats.paired_tables(records(0.05, 12, "fdcam-table1"))
+    lite1 = stats.paired_tables(records(0.05, 3, "fdcam-table1/depthwise"))
+    lines = results_page.across_models({"Lite0": lite0, "Lite1": lite1})
+    row = next(x for x in lines if x.startswith("| FD-CAM - Grad-CAM, overall AUC |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert cells == [
+        "higher (n = 12)",
+        "no scores",
+        "no scores",
+        "not shown either way (n = 3)",
+    ]
+    detail = [x for x in lines if x.startswith("| FD-CAM - Grad-CAM, overall AUC | Lite")]
+    assert len(detail) == 2 and "+0.050 [+0.050, +0.050]" in detail[0]
