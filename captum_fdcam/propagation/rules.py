@@ -412,7 +412,9 @@ class ZBoxRule(EngineRule):
     Captum's ``LRP`` (see ``EngineRule.forward_hook``).
     """
 
-    def __init__(self, low: float | Tensor | None = None, high: float | Tensor | None = None):
+    def __init__(
+        self, low: float | Tensor | None = None, high: float | Tensor | None = None
+    ) -> None:
         self.low = low
         self.high = high
 
