@@ -166,6 +166,52 @@ def measure_calls(
     }
 
 
+def input_gradient_floor(model: Any, x: Any, targets: list[int]) -> Callable[[], Any]:
+    """The floor every method is measured against: one forward pass and the gradient of
+    the targets' summed logits with respect to the input."""
+    import torch
+
+    x_grad = x.clone().requires_grad_()
+    rows, cols = torch.arange(len(targets)), torch.tensor(targets)
+
+    def floor() -> Any:
+        out = model(x_grad)
+        return torch.autograd.grad(out[rows, cols].sum(), x_grad)[0]
+
+    return floor
+
+
+def warnings_of_first_call(
+    call: Callable[[], Any], quiet: bool = True
+) -> tuple[Callable[[], Any], list[str]]:
+    """``call`` for :func:`measure_calls`: its first call records the warnings it raises
+    (their first lines, once each, into the returned list); later calls ignore them
+    when ``quiet`` (so that printing them is not timed)."""
+    import warnings
+
+    caught: list[str] = []
+
+    def first_call() -> Any:
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            result = call()
+        caught.extend(dict.fromkeys(str(r.message).splitlines()[0] for r in records))
+        return result
+
+    def quiet_call() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return call()
+
+    calls = iter([first_call])
+    later = quiet_call if quiet else call
+
+    def timed() -> Any:
+        return next(calls, later)()
+
+    return timed, caught
+
+
 def worker_main(config_json: str, run_worker: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """Entry point of a measuring subprocess: prints one JSON line, errors included."""
     config = json.loads(config_json)

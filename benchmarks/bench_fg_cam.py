@@ -28,7 +28,6 @@ import shlex
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from _common import (
     environment_lines,
     find_row,
     fmt,
+    input_gradient_floor,
     measure,
     measure_calls,
     proc_status_kib,
@@ -54,6 +54,7 @@ from _common import (
     short_error,
     targets_table,
     warnings_list,
+    warnings_of_first_call,
     write_results,
 )
 
@@ -106,17 +107,9 @@ def _make_call(
     impl: str, model: Any, layer: Any, mid_layer: Any, x: Any, targets: list[int]
 ) -> Callable[[], Any]:
     """The timed call of one implementation; objects are constructed here, untimed."""
-    import torch
 
     if impl == FLOOR:
-        x_grad = x.clone().requires_grad_()
-        rows, cols = torch.arange(len(targets)), torch.tensor(targets)
-
-        def floor() -> Any:
-            out = model(x_grad)
-            return torch.autograd.grad(out[rows, cols].sum(), x_grad)[0]
-
-        return floor
+        return input_gradient_floor(model, x, targets)
 
     if impl in (FG, FG_DENOISE, LAYER_FG):
         from captum_fdcam import FGCam, LayerFGCam, LayerGradCam
@@ -155,24 +148,7 @@ def run_worker(config: dict[str, Any]) -> dict[str, Any]:
         logits = model(x)[torch.arange(len(targets)), torch.tensor(targets)]
 
     call = _make_call(config["impl"], model, layer, mid_layer, x, targets)
-    caught: list[str] = []
-
-    def first_call() -> Any:
-        with warnings.catch_warnings(record=True) as records:
-            warnings.simplefilter("always")
-            result = call()
-        caught.extend(dict.fromkeys(str(r.message).splitlines()[0] for r in records))
-        return result
-
-    def quiet_call() -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return call()
-
-    calls = iter([first_call])
-
-    def timed() -> Any:
-        return next(calls, quiet_call)()
+    timed, caught = warnings_of_first_call(call)
 
     def collected_rss_mib() -> float:
         release_free_memory()

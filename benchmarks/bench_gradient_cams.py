@@ -37,6 +37,7 @@ from _common import (
     build,
     environment,
     fmt,
+    input_gradient_floor,
     measure_calls,
     script_main,
     short_error,
@@ -76,7 +77,6 @@ def _make_call(
     Every call returns the (N, 224, 224) maps (tensor or array); objects are
     constructed here, outside the timed region.
     """
-    import torch
     import torch.nn.functional as F
     from captum.attr import LayerAttribution
 
@@ -86,15 +86,7 @@ def _make_call(
         return None
 
     if impl == FLOOR:
-        x_grad = x.clone().requires_grad_()
-        rows = torch.arange(len(targets))
-        cols = torch.tensor(targets)
-
-        def floor() -> Any:
-            out = model(x_grad)
-            return torch.autograd.grad(out[rows, cols].sum(), x_grad)[0]
-
-        return floor, nothing
+        return input_gradient_floor(model, x, targets), nothing
 
     if impl == OURS:
         from captum_fdcam import METHODS as OUR_METHODS
