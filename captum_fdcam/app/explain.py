@@ -70,6 +70,8 @@ def explain_files(request: ExplainRequest, log: Callable[[str], None] = print) -
     written: list[Path] = []
     rows: list[tuple[str, np.ndarray, dict[str, np.ndarray]]] = []
     progress = Progress(request.progress)
+    # Resolved once: each method's class is looked up for its signature.
+    options = {method: progress.method_options(method) for method in request.methods}
     kept = lambda: f"kept the files of {len(rows)} of {len(paths)} images"  # noqa: E731
     with OutputFolder(out, kept) as folder:
         for path in progress.items(paths, "images"):
@@ -89,7 +91,7 @@ def explain_files(request: ExplainRequest, log: Callable[[str], None] = print) -
                         method=method,
                         layer=layer,
                         device=device,
-                        attribute_kwargs=progress.method_options(method),
+                        attribute_kwargs=options[method],
                     )
                 maps[method] = a[0, 0]
             # Created once the first image's maps exist: a method that cannot explain
