@@ -208,3 +208,20 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def bars(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The real bars (tqdm) the engine creates, kept after they are closed."""
+    # Imported here: conftest itself leaves the package unimported (import-time tests).
+    import captum_fdcam._core.perturbation as perturbation
+
+    made: list[Any] = []
+    real = perturbation.captum_progress
+
+    def recording(**kwargs: Any) -> Any:
+        made.append(real(**kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(perturbation, "captum_progress", recording)
+    return made

@@ -21,7 +21,6 @@ import torch
 from conftest import SmallCNN
 from torch import Tensor
 
-import captum_fdcam._core.perturbation as perturbation
 from captum_fdcam import (
     FGCam,
     LayerAblationCam,
@@ -59,20 +58,6 @@ def model() -> SmallCNN:
 def x() -> Tensor:
     torch.manual_seed(2)  # Group-CAM's maps are not constant for these targets
     return torch.randn(N, 3, 8, 8)
-
-
-@pytest.fixture
-def bars(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The real bars (tqdm) the engine creates, kept after they are closed."""
-    made: list[Any] = []
-    real = perturbation.captum_progress
-
-    def recording(**kwargs: Any) -> Any:
-        made.append(real(**kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(perturbation, "captum_progress", recording)
-    return made
 
 
 def make(name: str, model: SmallCNN) -> Any:

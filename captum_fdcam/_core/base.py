@@ -38,7 +38,13 @@ from torch.nn import Module
 import captum_fdcam
 from captum_fdcam._core.hooks import LayerCapture, run_eagerly, uncompiled
 from captum_fdcam._core.layout import FeatureLayout, ReshapeSpec
-from captum_fdcam._core.perturbation import PerturbationEngine, check_perturbations_per_eval
+from captum_fdcam._core.perturbation import (
+    PassStore,
+    PerturbationEngine,
+    batch_rows,
+    check_perturbations_per_eval,
+    distinct_examples,
+)
 from captum_fdcam._core.replay import PreLayerRecorder
 from captum_fdcam._core.validation import (
     check_gradients_possible,
@@ -77,6 +83,98 @@ def _caller_stacklevel() -> int:
     return level
 
 
+def _trains(model: Module) -> bool:
+    """Whether ``model`` runs in training mode: a module with weights or buffers of its
+    own in training mode (a wrapper created around a model in eval mode, training by
+    default and computing nothing of its own, does not count; a model put in training
+    mode does, dropout modules or not)."""
+    return any(
+        m.training and (m._parameters or m._buffers or isinstance(m, _TRAIN_MODE_DEPENDENT))
+        for m in model.modules()
+    )
+
+
+def _reference_rows(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    extra: Any,
+) -> tuple[list[int], list[int]] | None:
+    """Where examples of the batch have the same input (every input and per-example
+    additional argument equal bit for bit: one image explained for several targets),
+    the first example of each distinct input and each example's index among them
+    (:func:`~captum_fdcam._core.perturbation.distinct_examples`); None where all differ,
+    or where the model runs in training mode (batch statistics couple the rows)."""
+    if inputs[0].shape[0] < 2:
+        return None
+    model = owning_module(forward_func)
+    if model is not None and _trains(model):
+        return None
+    first, inverse = distinct_examples(inputs, extra)
+    return None if len(first) == len(inverse) else (first, inverse)
+
+
+def _rows_of(extra: Any, rows: list[int], n: int) -> Any:
+    """The additional forward arguments of examples ``rows`` of a batch of ``n``."""
+    if extra is None:
+        return None
+    per_example = {id(a) for a in batch_rows(extra, n)}
+    return tuple(a[rows] if id(a) in per_example else a for a in extra)
+
+
+def _target_gradients(
+    output: Any,
+    raw: tuple[Tensor, ...],
+    target: TargetType,
+    inverse: list[int],
+    grad_kwargs: dict[str, Any] | None,
+) -> tuple[Tensor | None, ...]:
+    """The gradient of each example's target score with respect to ``raw``, (N, ...)
+    each, from a reference pass that ran once per distinct input (rows of ``raw``;
+    ``inverse``: each example's row).
+
+    One backward pass per round: round r takes the r-th distinct target of every
+    distinct input (an input with fewer targets takes part with a zero gradient), so
+    that each gradient is computed as in a batch of the distinct inputs with one target
+    each: the same pass, the same seed gradient of ones.
+    """
+    scores = model_scores(output)
+    rows = None if target is None else target_rows(target, len(inverse))
+    wanted: list[list[Any]] = [[] for _ in range(max(inverse) + 1)]
+    round_of = []
+    for i, u in enumerate(inverse):
+        t = None if rows is None else rows[i]
+        if t not in wanted[u]:
+            wanted[u].append(t)
+        round_of.append(wanted[u].index(t))
+    rounds = max(len(w) for w in wanted)
+    options = dict(grad_kwargs or {})
+    retain = options.pop("retain_graph", None)
+    found = []
+    for r in range(rounds):
+        active = [r < len(w) for w in wanted]
+        chosen = [w[r] if r < len(w) else w[0] for w in wanted]
+        selected = select_target_scores(scores, None if rows is None else chosen)
+        seed = torch.ones_like(selected)
+        if not all(active):
+            seed = seed * torch.tensor(active, dtype=seed.dtype, device=seed.device)
+        found.append(
+            torch.autograd.grad(
+                selected,
+                raw,
+                grad_outputs=seed,
+                allow_unused=True,
+                retain_graph=True if r < rounds - 1 else retain,
+                **options,
+            )
+        )
+    return tuple(
+        None
+        if any(grads[k] is None for grads in found)
+        else torch.cat([found[round_of[i]][k][u : u + 1] for i, u in enumerate(inverse)])
+        for k in range(len(raw))
+    )
+
+
 def warn_if_training(model: Module, method: str) -> None:
     """Warns when a perturbation method runs a model in training mode.
 
@@ -86,13 +184,7 @@ def warn_if_training(model: Module, method: str) -> None:
     (so they change with ``perturbations_per_eval``) and from random dropout masks (modules
     or functional, which no module list shows): the map is not the model's explanation.
     """
-    # A module with weights or buffers of its own in training mode: a wrapper created
-    # around a model in eval mode (training by default, computing nothing of its own)
-    # does not count; a model put in training mode does, dropout modules or not.
-    if not any(
-        m.training and (m._parameters or m._buffers or isinstance(m, _TRAIN_MODE_DEPENDENT))
-        for m in model.modules()
-    ):
+    if not _trains(model):
         return
     listed = [
         name
@@ -347,6 +439,7 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
         show_progress: bool = False,
         record_graph: bool = False,
         inputs_checked: bool = False,
+        pass_store: PassStore | None = None,
     ) -> tuple[StateT, ...]:
         """Runs the forward pass (and the backward pass to the layer when needed).
 
@@ -364,6 +457,16 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
                 propagates through that part of the same pass (FG-CAM).
             inputs_checked: ``inputs`` come from :meth:`format_inputs` (or copies of
                 them): skip formatting and checking them again.
+            pass_store: where the perturbation engine keeps (and finds) the outputs of
+                its target-independent passes across calls (FG-CAM's rounds).
+
+        A perturbation method's reference pass runs once per distinct input: examples
+        with the same input (one image explained for several targets) share its forward
+        pass, each target getting its own backward pass where gradients are needed, and
+        the engine shares their perturbed copies' passes too. Each example's state is
+        then bit for bit that of a batch of the distinct inputs with one target each.
+        Not with ``record_graph`` (the caller propagates through this very pass, row by
+        row) nor for a model in training mode.
 
         Returns:
             One state per feature map of the layer (one for a layer with a single
@@ -382,6 +485,17 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
         extra = _format_additional_forward_args(additional_forward_args)
         layer = self.layer
         forward_func = uncompiled(self.forward_func)
+        shared = (
+            _reference_rows(forward_func, formatted, extra)
+            if self.uses_perturbations and not record_graph
+            else None
+        )
+        run_inputs, run_extra = formatted, extra
+        if shared is not None:
+            first, inverse = shared
+            run_inputs = tuple(x[first] for x in formatted)
+            run_extra = _rows_of(extra, first, len(formatted[0]))
+            rows = torch.tensor(inverse, device=formatted[0].device)
         name = layer_name(forward_func, layer)
         transform = self.reshape_transform
         if _is_auto(transform):
@@ -398,21 +512,24 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
         )
         capture = capture_factory(requires_grad=self.requires_gradients)
         recorder = (
-            PreLayerRecorder(layer, formatted[0].shape[0]) if self.switches_channels else None
+            PreLayerRecorder(layer, run_inputs[0].shape[0]) if self.switches_channels else None
         )
         # Nothing before the layer needs a graph: the forward pass starts without one
         # and the layer's hook switches gradients on (also when the caller runs under
         # torch.no_grad()), which saves the memory of the pre-layer graph.
         with torch.set_grad_enabled(record_graph):
             with capture, recorder or nullcontext():
-                output = _run_forward(forward_func, formatted, None, extra)
+                output = _run_forward(forward_func, run_inputs, None, run_extra)
         with torch.set_grad_enabled(self.requires_gradients):
-            scores = select_target_scores(output, target)
+            if shared is None:
+                scores = select_target_scores(output, target)
+            else:
+                scores = select_target_scores(model_scores(output)[rows], target)
         raw = capture.activations
-        if any(a.shape[0] != len(formatted[0]) for a in raw):
+        if any(a.shape[0] != len(run_inputs[0]) for a in raw):
             raise FeatureMapError(
                 f"The {'input' if attribute_to_layer_input else 'output'} of layer {name} has "
-                f"{[a.shape[0] for a in raw]} rows for {len(formatted[0])} examples: a CAM "
+                f"{[a.shape[0] for a in raw]} rows for {len(run_inputs[0])} examples: a CAM "
                 "needs one row per example (this layer folds something else into the batch "
                 "dimension, as MobileViT's unfolded patches or a detector's boxes do); "
                 "explain a layer with one row per example."
@@ -434,7 +551,9 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
             "scores": scores.detach(),
             "layout": layout,
         }
-        per_map: list[dict[str, Any]] = [{"activation": a.detach()} for a in activations]
+        per_map: list[dict[str, Any]] = [
+            {"activation": a.detach() if shared is None else a.detach()[rows]} for a in activations
+        ]
         if self.requires_gradients:
             unused = LayerError(
                 f"The target score does not depend on layer {name}: the layer's "
@@ -442,13 +561,16 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
             )
             if not scores.requires_grad:
                 raise unused
-            grads = torch.autograd.grad(
-                scores,
-                raw,
-                grad_outputs=torch.ones_like(scores),
-                allow_unused=True,
-                **(grad_kwargs or {}),
-            )
+            if shared is None:
+                grads = torch.autograd.grad(
+                    scores,
+                    raw,
+                    grad_outputs=torch.ones_like(scores),
+                    allow_unused=True,
+                    **(grad_kwargs or {}),
+                )
+            else:
+                grads = _target_gradients(output, raw, target, shared[1], grad_kwargs)
             if any(g is None for g in grads):
                 raise unused
             # A finite score can still have a NaN gradient where the model's backward pass
@@ -474,7 +596,9 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
             per_map[0]["engine"] = PerturbationEngine(
                 forward_func=forward_func,
                 inputs=formatted,
-                output=model_scores(output).detach(),
+                output=model_scores(output).detach()
+                if shared is None
+                else model_scores(output).detach()[rows],
                 additional_forward_args=extra,
                 target_rows=None if target is None else target_rows(target, len(scores)),
                 perturbations_per_eval=check_perturbations_per_eval(perturbations_per_eval),
@@ -484,7 +608,10 @@ class LayerCamBase(LayerAttribution, Generic[StateT], metaclass=ABCMeta):
                 attribute_to_layer_input=attribute_to_layer_input,
                 recorder=recorder,
                 layout=layout,
-                layer_output=raw[0].detach(),
+                layer_output=raw[0].detach() if shared is None else raw[0].detach()[rows],
+                activation=per_map[0]["activation"],
+                pass_rows=None if shared is None else shared[1],
+                store=pass_store,
             )
         state_class = _STATE_CLASSES[self.requires_gradients, self.uses_perturbations]
         return tuple(state_class(**common, **fields) for fields in per_map)  # type: ignore[misc]
@@ -679,11 +806,14 @@ class _PerturbationAttribute(LayerCamBase[StateT]):
                 baseline, Group-CAM's masked inputs (at most ``groups``) and blurred
                 input, Ablation-CAM's and FD-CAM's switched copies through the
                 network after the layer (K and 2K, fewer where copies coincide), for
-                each example. The total is known before the first pass and the bar
+                each example; examples with the same input (one image for several
+                targets) share all but Group-CAM's masked inputs, which come from the
+                target's gradient. The total is known before the first pass and the bar
                 ends at 100%; the reference forward (and backward) pass is not
                 counted. Weights found in a
-                :class:`~captum_fdcam.evaluation.memo.WeightsCache` evaluate nothing
-                and show no bar. The gradient CAMs do not take this argument.
+                :class:`~captum_fdcam.evaluation.memo.WeightsCache`, or passes it
+                stored for the same image and another target, evaluate nothing and
+                show no bar. The gradient CAMs do not take this argument.
                 Default: False
 
         Returns:

@@ -4,49 +4,25 @@ Score-CAM's weights cost one forward pass per channel (1280 at the offline model
 ``head_activation``). The paper tables explain the same image with the same base CAM
 many times: Table I's Score-CAM, then FG-Score-CAM and FG-Score-CAM-D at three depths and
 at the input, all from the same weights at the same layer. A :class:`WeightsCache`
-handed to several :func:`~captum_fdcam.evaluation.explain` calls computes them once; a
+handed to several :func:`~captum_fdcam.evaluation.explain` calls computes them once,
+and computes the target-independent passes behind them once per image whatever the
+targets (one image explained for each of a mosaic's cells, or for several labels); a
 :class:`MapCache` handed to several :func:`~captum_fdcam.evaluation.score` calls
 computes each map once for all the metrics that score it.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from captum_fdcam._core.base import CamState, WeightedLayerCam
+from captum_fdcam._core.perturbation import PassStore, digest
 
 T = TypeVar("T")
-
-
-def digest(value: Any) -> str:
-    """A hash of tensors' and arrays' shapes, dtypes and values (nested in tuples /
-    lists), or of the ``repr`` of anything else."""
-    h = hashlib.blake2b(digest_size=16)
-
-    def add(v: Any) -> None:
-        if isinstance(v, np.ndarray):
-            v = torch.from_numpy(np.ascontiguousarray(v))
-        if isinstance(v, Tensor):
-            t = v.detach().cpu().contiguous()
-            h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
-            # numpy has no bfloat16: its values are exact in float32
-            h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
-        elif isinstance(v, tuple | list):
-            h.update(f"S{len(v)}".encode())
-            for x in v:
-                add(x)
-        else:
-            h.update(repr(v).encode())
-
-    add(value)
-    return h.hexdigest()
 
 
 class _Bounded:
@@ -96,32 +72,54 @@ def _copy(value: T) -> T:
 
 class WeightsCache(_Bounded):
     """The channel weights of perturbation CAMs, memoized per method, layer, options,
-    inputs, feature map and target, keeping the ``maxsize`` latest.
+    inputs, feature map, target and ``perturbations_per_eval``, keeping the ``maxsize``
+    latest; and the outputs of the target-independent passes behind them
+    (:attr:`passes`, up to ``pass_bytes`` bytes of them, the oldest dropped first).
+
+    Weights are per target; the passes are not: Score-CAM's masked inputs and baseline,
+    Ablation-CAM's and FD-CAM's switched copies give every class's score at once. A
+    call for an image already explained for another target (same method, layer,
+    options, model and ``perturbations_per_eval``, and the same feature map) reads its
+    target's scores from the stored outputs instead of running the passes again: one
+    image explained for 4 targets in 4 calls costs 4 reference passes and one set of
+    perturbation passes.
 
     Scoped to whoever creates it: pass one to the :func:`explain` calls of one run
     (the benchmark makes one per run); nothing is cached between runs or processes.
-    A hit returns a copy of what the method computed for the same key, so the maps are
-    bit for bit those computed without it.
+    A hit returns a copy of what the method computed for the same key, and stored
+    outputs are those the passes give, so the maps are bit for bit those computed
+    without it.
     """
 
-    def __init__(self, maxsize: int = 256) -> None:
+    def __init__(self, maxsize: int = 256, pass_bytes: int = 256 * 2**20) -> None:
         super().__init__(maxsize)
+        #: The outputs of target-independent passes, shared across targets.
+        self.passes = PassStore(pass_bytes)
 
     def attach(self, cam: WeightedLayerCam[Any], tag: Hashable) -> None:
-        """Memoize ``cam.weights`` on this instance only (its class is untouched).
-        ``tag`` names the method, its layer and its options: weights are shared only
+        """Memoize ``cam.weights`` on this instance only (its class is untouched), and
+        let its perturbation passes use :attr:`passes`. ``tag`` names the method, its
+        layer and its options (and the model): weights and passes are shared only
         between CAMs of the same tag."""
         compute = cam.weights
 
         def weights(state: CamState) -> Tensor:
+            engine = getattr(state, "engine", None)
             key = (
                 tag,
                 digest(state.inputs),
                 digest(state.additional_forward_args),
                 digest(state.activation),
                 digest(state.target),
+                None if engine is None else engine.perturbations_per_eval,
             )
-            return self.lookup(key, lambda: compute(state))
+
+            def computed() -> Tensor:
+                if engine is not None:
+                    engine.store, engine.store_tag = self.passes, tag
+                return compute(state)
+
+            return self.lookup(key, computed)
 
         # An instance attribute shadows the method for this object only.
         cam.weights = weights  # type: ignore[method-assign]

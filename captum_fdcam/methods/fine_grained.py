@@ -13,13 +13,19 @@ https://github.com/dongmo-qcq/FG-CAM
    in hidden layers, z^B at the input layer, bias ignored), see
    :mod:`captum_fdcam.propagation`.
 4. The relevance is summed over the channels of the target layer.
+
+Over a perturbation CAM, a batch holding the same input several times (one image
+explained for several targets) is explained in rounds of distinct inputs, each a batch
+of its own, the base CAM's target-independent passes shared between the rounds (see
+:mod:`captum_fdcam._core.perturbation`): each map is bit for bit that of a call with one
+target per input, and the perturbed copies are evaluated once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from captum._utils.common import (
@@ -35,8 +41,14 @@ from captum.log import log_usage
 from torch import Tensor
 from torch.nn import Module
 
-from captum_fdcam._core.base import LayerCamBase, attribution_call, warn_constant_maps
+from captum_fdcam._core.base import (
+    LayerCamBase,
+    _rows_of,
+    attribution_call,
+    warn_constant_maps,
+)
 from captum_fdcam._core.layout import FeatureLayout, ReshapeSpec
+from captum_fdcam._core.perturbation import PassStore, distinct_examples
 from captum_fdcam._core.validation import (
     check_bool,
     check_integer,
@@ -100,6 +112,43 @@ def denoise_components(components: Tensor, singular_values: int | float) -> Tens
     return kept.reshape_as(components)
 
 
+def _target_rounds(
+    formatted: tuple[Tensor, ...], extra: Any, target: TargetType
+) -> tuple[list[list[int]], list[int]] | None:
+    """Rounds for a batch holding the same input several times: round r has the r-th
+    distinct target of each distinct input (an example's index), so that no round
+    repeats an input; and for each example, the example whose map it takes (itself, or
+    an earlier one with the same input and target). None where all inputs differ."""
+    first, inverse = distinct_examples(formatted, extra)
+    if len(first) == len(inverse):
+        return None
+    rows = None if target is None else target_rows(target, len(inverse))
+    seen: dict[tuple[int, Any], int] = {}
+    per_input: list[list[int]] = [[] for _ in first]
+    source = []
+    for i, u in enumerate(inverse):
+        key = (u, None if rows is None else rows[i])
+        if key not in seen:
+            seen[key] = i
+            per_input[u].append(i)
+        source.append(seen[key])
+    count = max(len(examples) for examples in per_input)
+    rounds = [[ex[r] for ex in per_input if r < len(ex)] for r in range(count)]
+    return rounds, source
+
+
+class _Options(NamedTuple):
+    """What a call asks of FG-CAM besides its inputs and targets: where the map ends,
+    then the options passed on to the base CAM."""
+
+    layer: Module | None
+    attribute_to_layer_input: bool
+    relu_attributions: bool
+    perturbations_per_eval: int
+    show_progress: bool
+    grad_kwargs: dict[str, Any] | None
+
+
 def _as_base(base_cam: Any) -> LayerCamBase:
     if isinstance(base_cam, LayerCamBase):
         return base_cam
@@ -152,6 +201,7 @@ class _FineGrained:
         show_progress: bool,
         grad_kwargs: dict[str, Any] | None,
         record_graph: bool = False,
+        pass_store: PassStore | None = None,
     ) -> tuple[Tensor, FeatureLayout]:
         """The base CAM's components (N, K, h, w) and the layout of its layer, from
         inputs that :meth:`LayerCamBase.format_inputs` has checked."""
@@ -165,6 +215,7 @@ class _FineGrained:
             show_progress=show_progress,
             record_graph=record_graph,
             inputs_checked=True,
+            pass_store=pass_store,
         )
         if len(states) != 1:
             raise LayerError("FG-CAM needs a base CAM layer with a single output.")
@@ -200,9 +251,75 @@ class _FineGrained:
         # Checked once, here: the propagation needs them before the base CAM's pass.
         formatted = self.base_cam.format_inputs(inputs)
         extra = _format_additional_forward_args(additional_forward_args)
-        options = (target, extra, perturbations_per_eval, show_progress, grad_kwargs)
+        options = _Options(
+            layer,
+            attribute_to_layer_input,
+            relu_attributions,
+            perturbations_per_eval,
+            show_progress,
+            grad_kwargs,
+        )
+        rounds = (
+            _target_rounds(formatted, extra, target)
+            if shares is None and self.base_cam.uses_perturbations
+            else None
+        )
+        if rounds is None:
+            maps = self._maps(formatted, target, extra, options, shares)
+        else:
+            maps = self._maps_in_rounds(formatted, target, extra, rounds, options)
+        if shares is None:
+            warn_constant_maps(maps, f"FG-CAM over {type(self.base_cam).__name__}")
+        return maps
+
+    def _maps_in_rounds(
+        self,
+        formatted: tuple[Tensor, ...],
+        target: TargetType,
+        extra: Any,
+        rounds: tuple[list[list[int]], list[int]],
+        options: _Options,
+    ) -> tuple[Tensor, ...]:
+        """The maps of a batch with repeated inputs, a round of distinct inputs at a time
+        (:func:`_target_rounds`), the base CAM's passes shared through one store."""
+        groups, source = rounds
+        n = formatted[0].shape[0]
+        rows = None if target is None else target_rows(target, n)
+        store = PassStore()
+        where: dict[int, tuple[int, int]] = {}
+        found = []
+        for r, group in enumerate(groups):
+            found.append(
+                self._maps(
+                    tuple(x[group] for x in formatted),
+                    None if rows is None else [rows[i] for i in group],
+                    _rows_of(extra, group, n),
+                    options,
+                    pass_store=store,
+                )
+            )
+            where.update({i: (r, position) for position, i in enumerate(group)})
+        return tuple(
+            torch.cat([found[where[j][0]][k][where[j][1] : where[j][1] + 1] for j in source])
+            for k in range(len(found[0]))
+        )
+
+    def _maps(
+        self,
+        formatted: tuple[Tensor, ...],
+        target: TargetType,
+        extra: Any,
+        settings: _Options,
+        shares: dict[str, float] | None = None,
+        pass_store: PassStore | None = None,
+    ) -> tuple[Tensor, ...]:
+        """FG-CAM's maps of checked inputs, without the constant-map warning."""
+        layer, attribute_to_layer_input, relu_attributions = settings[:3]
+        options = (target, extra, *settings[3:])
         if layer is self.base_cam.layer and not attribute_to_layer_input:
-            relevances: tuple[Tensor, ...] = (self.components(formatted, *options)[0],)
+            relevances: tuple[Tensor, ...] = (
+                self.components(formatted, *options, pass_store=pass_store)[0],
+            )
             if shares is not None:
                 shares["start"] = float(relevances[0].sum())
         else:
@@ -217,7 +334,9 @@ class _FineGrained:
                 end_input=attribute_to_layer_input,
                 stop_at_start=False,
             ) as run:
-                components, layout = self.components(run.inputs, *options, record_graph=True)
+                components, layout = self.components(
+                    run.inputs, *options, record_graph=True, pass_store=pass_store
+                )
                 # With a reshape_transform the relevance starts in the layer's own
                 # layout; values the transform drops (a class token) start with none.
                 relevances = run.relevance(lambda start: layout.scatter(components, start), shares)
@@ -228,10 +347,7 @@ class _FineGrained:
                 relevances, layer, formatted, attribute_to_layer_input, shares
             )
         maps = tuple(r.sum(dim=1, keepdim=True) for r in relevances)
-        maps = tuple(torch.relu(m) for m in maps) if relu_attributions else maps
-        if shares is None:
-            warn_constant_maps(maps, f"FG-CAM over {type(self.base_cam).__name__}")
-        return maps
+        return tuple(torch.relu(m) for m in maps) if relu_attributions else maps
 
     def _on_grid(
         self,

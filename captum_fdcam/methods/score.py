@@ -2,7 +2,10 @@
 
 Both turn (groups of) the layer's channels into masks at the input's resolution
 and score the masked inputs with full forward passes, so they cost one forward
-pass per distinct mask; masks that are identical share one evaluation.
+pass per distinct mask; masks that are identical share one evaluation. Passes that
+do not depend on the target (Score-CAM's masked inputs and baseline, Group-CAM's
+blurred input; Group-CAM's masks come from the target's gradient) run once for the
+examples of a batch with the same input (see :mod:`captum_fdcam._core.perturbation`).
 """
 
 from __future__ import annotations
@@ -81,12 +84,15 @@ def _masked_scores(
     size: tuple[int, int],
     perturb: Callable[[Tensor], Tensor],
     score: ScoreType,
+    shared: str | None = None,
 ) -> Tensor:
     """Scores of ``perturb(mask)`` for the mask of each map, (M,), from
     :func:`distinct_maps` of the maps.
 
     Maps giving identical masks are evaluated once; masks are built batch by batch
-    so that memory grows with ``perturbations_per_eval``, not with M.
+    so that memory grows with ``perturbations_per_eval``, not with M. ``shared``: the
+    masks depend on the example's input and activation only (see
+    :meth:`PerturbationEngine.input_scores`).
     """
     unique, inverse = distinct
 
@@ -94,7 +100,7 @@ def _masked_scores(
         masks = upsampled_masks(unique[start:stop], size)
         return (perturb(masks[:, None]),)
 
-    scores = engine.input_scores(sample, len(unique), make_inputs, score)
+    scores = engine.input_scores(sample, len(unique), make_inputs, score, shared=shared)
     return scores[inverse]
 
 
@@ -157,7 +163,8 @@ class LayerScoreCam(PerturbationLayerCam):
     Cost: one forward pass per distinct mask (at most K), in batches of
     ``perturbations_per_eval``, plus one for the baseline: the steps of the progress
     bar of ``attribute(..., show_progress=True)`` (``Score-CAM``, at most K + 1 per example,
-    "masked inputs and baseline").
+    "masked inputs and baseline"). None of them depends on the target: examples of a
+    batch with the same input (one image for several targets) share them.
 
     Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional
     Neural Networks", CVPR Workshops 2020. https://arxiv.org/abs/1910.01279
@@ -219,17 +226,31 @@ class LayerScoreCam(PerturbationLayerCam):
         base = self._baseline_image(x)
         score = engine.resolve_score(self.score)
         check_map_size(activation, "Score-CAM")
-        distinct = [distinct_maps(a) for a in activation]
-        # One pass per distinct mask, and one for the baseline, for each example.
-        total = sum(len(unique) for unique, _ in distinct) + (0 if base is None else len(x))
+        # The examples with the same input have the same maps: found once for them.
+        firsts = [engine.members(i)[0] for i in range(len(activation))]
+        found = {i: distinct_maps(activation[i]) for i in set(firsts)}
+        distinct = [found[i] for i in firsts]
+
+        def total() -> int:
+            # One pass per distinct mask, and one for the baseline, for each distinct input.
+            return sum(
+                engine.input_passes(i, len(unique), score, "masked")
+                + (0 if base is None else engine.input_passes(i, 1, score, "baseline"))
+                for i, (unique, _) in enumerate(distinct)
+            )
+
         weights = []
         unit = "masked inputs" if base is None else "masked inputs and baseline"
         with engine.progress(total, "Score-CAM", unit):
             for i, maps in enumerate(distinct):
                 image = x[i : i + 1]
-                scores = _masked_scores(engine, i, maps, size, lambda m, im=image: im * m, score)
+                scores = _masked_scores(
+                    engine, i, maps, size, lambda m, im=image: im * m, score, "masked"
+                )
                 if base is not None:
-                    scores = scores - engine.input_scores(i, 1, lambda *_, b=base: (b,), score)
+                    scores = scores - engine.input_scores(
+                        i, 1, lambda *_, b=base: (b,), score, shared="baseline"
+                    )
                 weights.append(scores)
         return torch.stack(weights)[:, :, None, None].to(activation.dtype)
 
@@ -259,7 +280,8 @@ class LayerGroupCam(
     Cost: one forward and one backward pass, then one forward pass per distinct
     group mask (at most ``groups``) plus one for the blurred input: the steps of the
     progress bar of ``attribute(..., show_progress=True)`` (``Group-CAM``, "masked and
-    blurred inputs").
+    blurred inputs"). The masks depend on the target (through its gradient); the
+    blurred input does not: examples of a batch with the same input share its pass.
 
     Zhang et al., "Group-CAM: Group Score-Weighted Visual Explanations for Deep
     Convolutional Networks", 2021. https://arxiv.org/abs/2103.13859
@@ -351,14 +373,25 @@ class LayerGroupCam(
         check_map_size(activation, "Group-CAM")
         maps = self.group_maps(activation, gradient)
         distinct = [distinct_maps(m) for m in maps]
-        # One pass for the blurred input and one per distinct mask, for each example.
-        total = sum(1 + len(unique) for unique, _ in distinct)
+
+        def total() -> int:
+            # One pass per distinct mask for each example, and one for the blurred input
+            # for each distinct input.
+            return sum(
+                engine.input_passes(i, 1, score, "blurred") + len(unique)
+                for i, (unique, _) in enumerate(distinct)
+            )
+
         terms = []
+        blurs: dict[int, Tensor] = {}  # the blurred input, once for the same inputs
         with engine.progress(total, "Group-CAM", "masked and blurred inputs"):
             for i in range(len(maps)):
                 image = x[i : i + 1]
-                blurred = self.blur(image)
-                base = engine.input_scores(i, 1, lambda *_, b=blurred: (b,), score)
+                group = engine.members(i)
+                if group[0] not in blurs:
+                    blurs[group[0]] = self.blur(image)
+                blurred = blurs[group[0]] if i != group[-1] else blurs.pop(group[0])
+                base = engine.input_scores(i, 1, lambda *_, b=blurred: (b,), score, "blurred")
                 scores = _masked_scores(
                     engine,
                     i,

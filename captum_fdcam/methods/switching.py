@@ -2,12 +2,14 @@
 
 Both switch channels of the layer's activations off (or on) and measure the
 change of the target score. Only the network after the layer runs for the
-switched copies (see :mod:`captum_fdcam._core.replay`).
+switched copies (see :mod:`captum_fdcam._core.replay`). The copies do not depend on
+the target (FD-CAM's channel groups come from the activation): examples of a batch
+with the same input (one image for several targets) share their passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Literal, get_args
 
@@ -79,7 +81,7 @@ class LayerAblationCam(PerturbationLayerCam):
         score = engine.resolve_score(self.score)
         weights = []
         with engine.progress(
-            lambda: sum(engine.switch_passes(a, keep) for a in activation),
+            lambda: sum(engine.switch_passes(a, keep, i, score) for i, a in enumerate(activation)),
             "Ablation-CAM",
             "switched copies",
         ):
@@ -190,17 +192,22 @@ class LayerFDCam(GradientPerturbationLayerCam):
         self.score = check_score_type(score, get_args(ScoreType))
 
     def switching_scores(
-        self, activation: Tensor, state: PerturbationCamState, sample: int
+        self,
+        activation: Tensor,
+        state: PerturbationCamState,
+        sample: int,
+        keep: Tensor | None = None,
     ) -> Tensor:
         """The grouped channel-switching scores :math:`s_k` of example ``sample``, (K,),
-        from its activation (K, h, w)."""
+        from its activation (K, h, w); ``keep``: its :meth:`switched_channels`, where
+        already known."""
         engine = state.engine
         score = engine.resolve_score(self.score)
         reference = engine.reference(sample, score)
         k = activation.shape[0]
-        scores = engine.switch_scores(
-            sample, activation, self.switched_channels(activation), reference, score
-        )
+        if keep is None:
+            keep = self.switched_channels(activation)
+        scores = engine.switch_scores(sample, activation, keep, reference, score)
         if self.switch == "off":
             return reference - scores
         return ((reference - scores[:k]) + scores[k:]) / 2
@@ -212,12 +219,29 @@ class LayerFDCam(GradientPerturbationLayerCam):
         groups = similarity_groups(activation, self.group_fraction)
         return ~groups if self.switch == "off" else torch.cat([~groups, groups])
 
+    def _keeps(self, state: PerturbationCamState) -> Iterator[tuple[int, Tensor]]:
+        """Each example's index and :meth:`switched_channels`, computed once for the
+        examples with the same input (kept until the last of them)."""
+        engine, activation = state.engine, state.activation
+        found: dict[int, Tensor] = {}
+        for i in range(len(activation)):
+            group = engine.members(i)
+            if group[0] not in found:
+                found[group[0]] = self.switched_channels(activation[i])
+            yield i, found[group[0]] if i != group[-1] else found.pop(group[0])
+
     def _progress(self, state: PerturbationCamState) -> AbstractContextManager[None]:
         """The progress bar over the switched copies of every example of ``state``."""
         engine, activation = state.engine, state.activation
+        score = engine.resolve_score(self.score)
         return engine.progress(
-            # A function: the groups are computed again only when a bar is shown.
-            lambda: sum(engine.switch_passes(a, self.switched_channels(a)) for a in activation),
+            # A function: the groups are computed again only when a bar is shown (once
+            # for the examples with the same input, which share their copies).
+            lambda: sum(
+                engine.switch_passes(activation[i], self.switched_channels(activation[i]), i, score)
+                for i in range(len(activation))
+                if engine.members(i)[0] == i
+            ),
             "FD-CAM",
             "switched copies",
         )
@@ -251,7 +275,10 @@ class LayerFDCam(GradientPerturbationLayerCam):
             activation = state.activation
             with self._progress(state):
                 return torch.stack(
-                    [self.switching_scores(activation[i], state, i) for i in range(len(activation))]
+                    [
+                        self.switching_scores(activation[i], state, i, keep)
+                        for i, keep in self._keeps(state)
+                    ]
                 )
 
     def weights(self, state: GradientPerturbationCamState) -> Tensor:
@@ -260,8 +287,10 @@ class LayerFDCam(GradientPerturbationLayerCam):
         alpha = gradient.to(score_dtype(gradient.dtype)).mean(dim=(2, 3))
         weights = []
         with self._progress(state):
-            for i in range(len(activation)):
-                s_hat = min_max(self.switching_scores(activation[i], state, i).to(alpha.dtype))
+            for i, keep in self._keeps(state):
+                s_hat = min_max(
+                    self.switching_scores(activation[i], state, i, keep).to(alpha.dtype)
+                )
                 a_hat = min_max(alpha[i])
                 scale = torch.exp(s_hat) if self.combination == "exp" else s_hat
                 weights.append(a_hat * scale - self.bias)
