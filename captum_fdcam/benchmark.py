@@ -152,6 +152,7 @@ _FINGERPRINT_FIELDS = {
     "model": "model",
     "weights": "weights",
     "protocol": "evaluation protocol (insertion/deletion steps)",
+    "memory_format": "memory format (--channels-last)",
 }
 
 
@@ -283,13 +284,16 @@ def _refuse(out: Path, stored: dict[str, Any], data: str | None, plan: Plan, nam
     def size(fingerprint: dict[str, Any]) -> str:
         return f"{fingerprint.get('image_size')}x{fingerprint.get('image_size')} px"
 
+    def value(fingerprint: dict[str, Any], key: str) -> str:
+        if key == "memory_format":  # absent: the default format, written out in full
+            return str(fingerprint.get(key, "contiguous"))
+        return str(fingerprint.get(key))[:8]  # digests: their start is enough to tell
+
     current = plan.fingerprint
     differ = [
-        label
-        if key == "image_size"
-        else f"{label} {str(stored.get(key))[:8]} vs {current[key][:8]}"
+        label if key == "image_size" else f"{label} {value(stored, key)} vs {value(current, key)}"
         for key, label in _FINGERPRINT_FIELDS.items()
-        if stored.get(key) != current[key]
+        if stored.get(key) != current.get(key)
     ]
     raise RequestError(
         f"{out} holds scores of {data or 'other data'} at {size(stored)}, this run is on "
@@ -421,6 +425,9 @@ def prepare(request: BenchmarkRequest) -> Plan:
         "weights": offline_weights_digest(request.model),
         "protocol": PROTOCOL,
     }
+    if request.channels_last:
+        # Only when set: the fingerprints of folders run before the option stay valid.
+        fingerprint["memory_format"] = "channels_last"
     samples = [Sample(p, _relative(p, data), label, file_digest(p)) for p, label in chosen]
     plan = Plan(samples, fingerprint, request.model, size, None, jobs)
     _check_out(request, plan)
@@ -569,6 +576,8 @@ def run(request: BenchmarkRequest) -> dict[str, Any] | None:
 
     torch.manual_seed(0)
     model = offline_model(name=plan.model)
+    if request.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     grid_jobs = [j for j in plan.jobs if _on_mosaics(j)]
     image_jobs = [j for j in plan.jobs if not _on_mosaics(j)]
     n_mosaics = request.mosaics if grid_jobs else None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from captum_fdcam import registry
+from captum_fdcam.app.common import terminated_as_interrupted
 from captum_fdcam.app.requests import (
     BENCHMARK_OUT,
     DEFAULT_METHODS,
@@ -87,6 +88,7 @@ def benchmark_request(args: argparse.Namespace) -> BenchmarkRequest:
         mosaics=args.mosaics,
         image_size=args.image_size,
         labelled_only=args.labelled_only,
+        channels_last=args.channels_last,
         progress=not args.quiet,
     )
 
@@ -198,6 +200,10 @@ def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         f"pretrained model: any of {', '.join(OFFLINE_MODELS)} (default: %(default)s)")  # fmt: skip
     add("--image-size", type=int, help=f"resize/crop size, at least {MIN_IMAGE_SIZE} "
         "(default: the model's own, 224, 240 or 260)")  # fmt: skip
+    add("--channels-last", action="store_true", help="run the model in channels-last "
+        "memory format: about 1.5x faster on CPUs, scores equal up to float rounding; part "
+        "of the run's identity, so a folder is never resumed in the other format (default: "
+        "the default format)")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bar (default: a bar per rank)")
 
 
@@ -274,7 +280,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "captum-fdcam") -> int:
     else:
         args, name = benchmark_parser(prog).parse_args(argv), prog
     try:
-        args.handler(args)
+        with terminated_as_interrupted():
+            args.handler(args)
     except RequestError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         return err.exit_code

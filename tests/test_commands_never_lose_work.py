@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,62 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(
     monkeypatch.setattr(scoring, "score", score)
     assert cli.main(argv) == 0
     assert len(_records(out)) == 3
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch scheduler's time limit or ``kill``: the records done are kept, the lock
+    is released, and the process's SIGTERM handler is given back."""
+    from captum_fdcam.evaluation import scoring
+
+    data = _photos(tmp_path / "data")
+    out = tmp_path / "out"
+    score, calls = scoring.score, []
+
+    def terminated_on_the_second(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "score", terminated_on_the_second)
+    before = signal.getsignal(signal.SIGTERM)
+    argv = ["benchmark", "--data", str(data), *BENCHMARK, "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 130
+    assert "interrupted: 1 of 3 new records kept" in _one_line(capsys)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert len(_records(out)) == 1 and not list(out.glob(".*lock"))
+
+
+def test_channels_last_is_part_of_the_runs_identity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--channels-last scores equal the default's up to float rounding, and a folder of
+    one format is not resumed in the other."""
+    data = _photos(tmp_path / "data", n=2)
+    outs = {flag: tmp_path / f"out{flag}" for flag in ("", "--channels-last")}
+    for flag, out in outs.items():
+        argv = ["benchmark", "--data", str(data), *BENCHMARK, "--out", str(out), "--quiet"]
+        assert cli.main([*argv, *([flag] if flag else [])]) == 0
+    fingerprints = {
+        flag: json.loads((out / "run.json").read_text())["fingerprint"]
+        for flag, out in outs.items()
+    }
+    assert "memory_format" not in fingerprints[""]  # folders run before the option stay valid
+    assert fingerprints["--channels-last"].pop("memory_format") == "channels_last"
+    assert fingerprints["--channels-last"] == fingerprints[""]
+    scores = [
+        {(r["method"], r["item"]): r["scores"] for r in _records(out)} for out in outs.values()
+    ]
+    assert scores[0].keys() == scores[1].keys() and len(scores[0]) == 2
+    for key, values in scores[0].items():
+        for metric in ("insertion", "deletion"):
+            assert values[metric] == pytest.approx(scores[1][key][metric], abs=1e-5)
+    capsys.readouterr()
+    argv = ["benchmark", "--data", str(data), *BENCHMARK, "--out", str(outs[""]), "--quiet"]
+    assert cli.main([*argv, "--channels-last"]) == 2
+    assert "memory format (--channels-last) contiguous vs channels_last" in _one_line(capsys)
 
 
 def test_ctrl_c_during_explain_keeps_the_images_done(

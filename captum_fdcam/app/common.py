@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,3 +133,23 @@ class Progress:
             cls = method_class(base)
         parameters = inspect.signature(cls.attribute).parameters
         return {"show_progress": True} if "show_progress" in parameters else {}
+
+
+@contextlib.contextmanager
+def terminated_as_interrupted() -> Iterator[None]:
+    """SIGTERM (``kill``, a batch scheduler's time limit) stops a command as Ctrl-C does:
+    its output folder is closed and it says how much was kept. For the command's own
+    process only: the previous handler is restored, and outside the main thread (where
+    Python cannot install one) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
