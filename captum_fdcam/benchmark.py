@@ -152,7 +152,7 @@ _FINGERPRINT_FIELDS = {
     "model": "model",
     "weights": "weights",
     "protocol": "evaluation protocol (insertion/deletion steps)",
-    "memory_format": "memory format (--channels-last)",
+    "inference": "inference (--fast-cpu)",
 }
 
 
@@ -285,8 +285,8 @@ def _refuse(out: Path, stored: dict[str, Any], data: str | None, plan: Plan, nam
         return f"{fingerprint.get('image_size')}x{fingerprint.get('image_size')} px"
 
     def value(fingerprint: dict[str, Any], key: str) -> str:
-        if key == "memory_format":  # absent: the default format, written out in full
-            return str(fingerprint.get(key, "contiguous"))
+        if key == "inference":  # absent: the default, written out in full
+            return str(fingerprint.get(key, "default"))
         return str(fingerprint.get(key))[:8]  # digests: their start is enough to tell
 
     current = plan.fingerprint
@@ -425,9 +425,9 @@ def prepare(request: BenchmarkRequest) -> Plan:
         "weights": offline_weights_digest(request.model),
         "protocol": PROTOCOL,
     }
-    if request.channels_last:
+    if request.fast_cpu:
         # Only when set: the fingerprints of folders run before the option stay valid.
-        fingerprint["memory_format"] = "channels_last"
+        fingerprint["inference"] = "fast-cpu"
     samples = [Sample(p, _relative(p, data), label, file_digest(p)) for p, label in chosen]
     plan = Plan(samples, fingerprint, request.model, size, None, jobs)
     _check_out(request, plan)
@@ -576,8 +576,12 @@ def run(request: BenchmarkRequest) -> dict[str, Any] | None:
 
     torch.manual_seed(0)
     model = offline_model(name=plan.model)
-    if request.channels_last:
+    scoring_model = None
+    if request.fast_cpu:
+        from captum_fdcam.models import inference_copy
+
         model = model.to(memory_format=torch.channels_last)
+        scoring_model = inference_copy(model)
     grid_jobs = [j for j in plan.jobs if _on_mosaics(j)]
     image_jobs = [j for j in plan.jobs if not _on_mosaics(j)]
     n_mosaics = request.mosaics if grid_jobs else None
@@ -634,7 +638,14 @@ def run(request: BenchmarkRequest) -> dict[str, Any] | None:
         ):
             for item, row, key in todo:
                 scores_ = score(
-                    model, row.job, item.x, item.y, item.s, weights_cache=weights, map_cache=maps
+                    model,
+                    row.job,
+                    item.x,
+                    item.y,
+                    item.s,
+                    weights_cache=weights,
+                    map_cache=maps,
+                    scoring_model=scoring_model,
                 )
                 record = {"table": row.table, "method": row.job.name, "item": item.id}
                 record["model"] = plan.model

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from captum_fdcam.models import DEPTHWISE_LAYER, efficientnet_lite0
+from captum_fdcam.models import DEPTHWISE_LAYER, efficientnet_lite0, inference_copy
 
 efficientnet_lite_pytorch = pytest.importorskip("efficientnet_lite_pytorch")
 
@@ -120,3 +120,32 @@ def test_lite1_and_lite2_logits_are_upstreams_bit_for_bit(name: str) -> None:
     # the FG-CAM depths: strides 4, 8 and 16
     for depth, stride in zip(info.depths.values(), (4, 8, 16), strict=True):
         assert shapes[depth][2] == -(-size // stride), depth
+
+
+def test_the_inference_copy_computes_the_models_logits_and_leaves_it_unchanged() -> None:
+    """BatchNorm folded into the convolutions, symmetric padding moved into them,
+    channels-last: the logits of the model (at its own 224 px), up to float rounding."""
+    torch.manual_seed(0)
+    model = efficientnet_lite0(pretrained=False)
+    _randomise_batch_norms(model, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = inference_copy(model)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected, got = model(x), fast(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    pads = [m.static_padding for m in fast.modules() if hasattr(m, "static_padding")]
+    # stride-1 3x3 and 5x5 convolutions pad symmetrically: moved; stride 2 does not: kept
+    assert any(isinstance(p, nn.ZeroPad2d) for p in pads)
+    assert sum(isinstance(p, nn.ZeroPad2d) for p in pads) < sum(
+        isinstance(p, nn.ZeroPad2d)
+        for m in model.modules()
+        for p in [getattr(m, "static_padding", None)]
+    )
+    assert fast._conv_head.weight.is_contiguous(memory_format=torch.channels_last)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 49
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="eval mode"):
+        inference_copy(model.train())

@@ -191,13 +191,13 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(
     assert len(_records(out)) == 1 and not list(out.glob(".*lock"))
 
 
-def test_channels_last_is_part_of_the_runs_identity(
+def test_fast_cpu_is_part_of_the_runs_identity(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--channels-last scores equal the default's up to float rounding, and a folder of
-    one format is not resumed in the other."""
+    """--fast-cpu scores equal the default's up to float rounding, and a folder
+    computed one way is not resumed the other."""
     data = _photos(tmp_path / "data", n=2)
-    outs = {flag: tmp_path / f"out{flag}" for flag in ("", "--channels-last")}
+    outs = {flag: tmp_path / f"out{flag}" for flag in ("", "--fast-cpu")}
     for flag, out in outs.items():
         argv = ["benchmark", "--data", str(data), *BENCHMARK, "--out", str(out), "--quiet"]
         assert cli.main([*argv, *([flag] if flag else [])]) == 0
@@ -205,9 +205,9 @@ def test_channels_last_is_part_of_the_runs_identity(
         flag: json.loads((out / "run.json").read_text())["fingerprint"]
         for flag, out in outs.items()
     }
-    assert "memory_format" not in fingerprints[""]  # folders run before the option stay valid
-    assert fingerprints["--channels-last"].pop("memory_format") == "channels_last"
-    assert fingerprints["--channels-last"] == fingerprints[""]
+    assert "inference" not in fingerprints[""]  # folders run before the option stay valid
+    assert fingerprints["--fast-cpu"].pop("inference") == "fast-cpu"
+    assert fingerprints["--fast-cpu"] == fingerprints[""]
     scores = [
         {(r["method"], r["item"]): r["scores"] for r in _records(out)} for out in outs.values()
     ]
@@ -217,8 +217,8 @@ def test_channels_last_is_part_of_the_runs_identity(
             assert values[metric] == pytest.approx(scores[1][key][metric], abs=1e-5)
     capsys.readouterr()
     argv = ["benchmark", "--data", str(data), *BENCHMARK, "--out", str(outs[""]), "--quiet"]
-    assert cli.main([*argv, "--channels-last"]) == 2
-    assert "memory format (--channels-last) contiguous vs channels_last" in _one_line(capsys)
+    assert cli.main([*argv, "--fast-cpu"]) == 2
+    assert "inference (--fast-cpu) default vs fast-cpu" in _one_line(capsys)
 
 
 def test_ctrl_c_during_explain_keeps_the_images_done(

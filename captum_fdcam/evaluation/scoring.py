@@ -123,6 +123,7 @@ def score(
     s: np.ndarray | None = None,
     weights_cache: WeightsCache | None = None,
     map_cache: MapCache | None = None,
+    scoring_model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """The job's scores of one image.
 
@@ -137,6 +138,9 @@ def score(
             :func:`~captum_fdcam.evaluation.explain`).
         map_cache: shared by jobs that score the same map (same method, layer, options,
             image and class) with different metrics, which then compute it once.
+        scoring_model: the model the metrics run on the perturbed images, computing
+            what ``model`` computes (:func:`captum_fdcam.models.inference_copy`);
+            None: ``model``.
 
     Returns:
         Each metric's score, each curve metric's curve as ``<metric>_curve`` and its
@@ -175,7 +179,7 @@ def score(
     for name in job.metrics:
         metric = make_metric(name, x.shape[-1], job.positive_only)
         # Quantus moves the inputs to its ``device`` (the CPU unless told): the model's.
-        value = metric(model, x, y, a_batch=a, s_batch=s, device=device)
+        value = metric(scoring_model or model, x, y, a_batch=a, s_batch=s, device=device)
         if name == "pixel_flipping":
             # Quantus's return_auc_per_sample calls np.trapz, which numpy 2.4 removed.
             out[name] = curve_auc(np.asarray(value[0], dtype=np.float64))
