@@ -603,11 +603,39 @@ def _verdict(row: dict[str, Any] | None) -> str:
     return f"{'higher' if row['mean'] > 0 else 'lower'} (n = {row['n']})"
 
 
-def across_models(models: dict[str, dict[str, dict[str, list[dict[str, Any]]]]]) -> list[str]:
+def run_line(title: str, folder: Path) -> str:
+    """How a model's scores were computed, from its folder's run.json: the folder, the
+    image size and the inference (``--fast-cpu`` or the default)."""
+    try:
+        fingerprint = json.loads((folder / MANIFEST).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return f"- {title}: `{_shown(folder)}` (no run.json)"
+    size = fingerprint.get("image_size")
+    how = (
+        "`--fast-cpu` (channels-last, the metrics' passes on the inference copy: "
+        "scores equal the default's up to float rounding)"
+        if fingerprint.get("inference") == "fast-cpu"
+        else "the default inference"
+    )
+    return f"- {title}: `{_shown(folder)}`, {size}x{size} px, {how}"
+
+
+def _shown(folder: Path) -> str:
+    try:
+        return folder.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return folder.as_posix()
+
+
+def across_models(
+    models: dict[str, dict[str, dict[str, list[dict[str, Any]]]]],
+    runs: Sequence[str] = (),
+) -> list[str]:
     """The headline questions on every model: a table to read in a minute (one line per
     question, one column per model and layer), then one row per model and layer with
     the paired difference, its CI and the verdict. ``models``: a model's title -> its
-    paired tables (:func:`captum_fdcam.evaluation.stats.paired_tables`)."""
+    paired tables (:func:`captum_fdcam.evaluation.stats.paired_tables`); ``runs``: one
+    line per model saying how its scores were computed (:func:`run_line`)."""
     columns = [(m, layer) for m in models for layer in LAYER_SUFFIXES]
     glance = [
         "| question | " + " | ".join(f"{m}, {layer}" for m, layer in columns) + " |",
@@ -642,6 +670,7 @@ def across_models(models: dict[str, dict[str, dict[str, list[dict[str, Any]]]]])
         'either way"; "no scores": that model\'s folder has none for the question yet. '
         "The FG-CAM rows are at their own depths (strides 4, 8, 16) over the head's CAM.",
         "",
+        *([*runs, ""] if runs else []),
         *glance,
         "",
         "Per model and layer:",
@@ -658,6 +687,7 @@ def page(
     page_path: Path,
     shown: str | None = None,
     others: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] | None = None,
+    runs: Sequence[str] = (),
 ) -> str:
     """The results page: the intro, the answers across models (when ``others``, the
     paired tables of other models by title, are given), then per table its text, the
@@ -679,7 +709,7 @@ def page(
         )
     ]
     if others:
-        lines += across_models({"EfficientNet-Lite0": tables, **others})
+        lines += across_models({"EfficientNet-Lite0": tables, **others}, runs)
     answers = _headlines(tables, means)
     if answers:
         lines += ["## Headline answers", ""]
@@ -742,12 +772,13 @@ def generate(
     if not records:
         raise SystemExit(f"no scores in {folder}")
     tables = paired.write(folder, records)
-    try:
-        shown = folder.resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        shown = folder.as_posix()
     other_tables = {title: _paired_of(path) for title, path in (others or {}).items()}
-    page_path.write_text(page(folder, records, tables, page_path, shown, other_tables))
+    runs = [run_line("EfficientNet-Lite0", folder)] + [
+        run_line(title, path) for title, path in (others or {}).items()
+    ]
+    page_path.write_text(
+        page(folder, records, tables, page_path, _shown(folder), other_tables, runs)
+    )
     return tables
 
 

@@ -531,3 +531,21 @@ def test_the_answers_across_models_read_each_models_paired_rows() -> None:
     ]
     detail = [x for x in lines if x.startswith("| FD-CAM - Grad-CAM, overall AUC | Lite")]
     assert len(detail) == 2 and "+0.050 [+0.050, +0.050]" in detail[0]
+
+
+def test_the_page_says_how_each_models_scores_were_computed(tmp_path: Path) -> None:
+    results_page = _generator()
+    fast, default, bare = (tmp_path / n for n in ("fast", "default", "bare"))
+    for folder, extra in ((fast, {"inference": "fast-cpu"}), (default, {})):
+        folder.mkdir()
+        fingerprint = {"image_size": 240, "model": "efficientnet-lite1", **extra}
+        (folder / "run.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    bare.mkdir()
+    lines = [results_page.run_line("M", f) for f in (fast, default, bare)]
+    assert "240x240 px" in lines[0] and "`--fast-cpu`" in lines[0]
+    assert "240x240 px" in lines[1] and "the default inference" in lines[1]
+    assert lines[2].endswith("(no run.json)")
+    table = results_page.across_models({"M": {}}, lines[:1])
+    assert lines[0] in table and table.index(lines[0]) < next(
+        i for i, x in enumerate(table) if x.startswith("| question |")
+    )
