@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -138,57 +139,47 @@ def test_an_out_folder_that_cannot_be_created_is_one_line(
 # ----------------------------------------------------------------------- Ctrl-C
 
 
-def test_ctrl_c_says_what_was_kept_and_how_to_resume(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def _raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [_raise_keyboard_interrupt, lambda: os.kill(os.getpid(), signal.SIGTERM)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stopped_run_says_what_was_kept_and_the_same_command_resumes(
+    stop: Callable[[], None],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Ctrl-C, or SIGTERM (a batch scheduler's time limit, ``kill``): the records done
+    are kept, the lock is released, the process's SIGTERM handler is given back, and
+    the same command does the rest."""
     from captum_fdcam.evaluation import scoring
 
     data = _photos(tmp_path / "data")
     out = tmp_path / "out"
     score, calls = scoring.score, []
 
-    def interrupted_on_the_second(*args: object, **kwargs: object) -> object:
+    def stopped_on_the_second(*args: object, **kwargs: object) -> object:
         calls.append(1)
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            stop()
         return score(*args, **kwargs)
 
-    monkeypatch.setattr(scoring, "score", interrupted_on_the_second)
-    argv = ["benchmark", "--data", str(data), *BENCHMARK, "--out", str(out), "--quiet"]
-    assert cli.main(argv) == 130
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "interrupted: 1 of 3 new records kept" in err and "run the same command again" in err
-    assert len(_records(out)) == 1
-    monkeypatch.setattr(scoring, "score", score)
-    assert cli.main(argv) == 0
-    assert len(_records(out)) == 3
-
-
-def test_sigterm_stops_a_command_as_ctrl_c_does(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch scheduler's time limit or ``kill``: the records done are kept, the lock
-    is released, and the process's SIGTERM handler is given back."""
-    from captum_fdcam.evaluation import scoring
-
-    data = _photos(tmp_path / "data")
-    out = tmp_path / "out"
-    score, calls = scoring.score, []
-
-    def terminated_on_the_second(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return score(*args, **kwargs)
-
-    monkeypatch.setattr(scoring, "score", terminated_on_the_second)
+    monkeypatch.setattr(scoring, "score", stopped_on_the_second)
     before = signal.getsignal(signal.SIGTERM)
     argv = ["benchmark", "--data", str(data), *BENCHMARK, "--out", str(out), "--quiet"]
     assert cli.main(argv) == 130
-    assert "interrupted: 1 of 3 new records kept" in _one_line(capsys)
+    err = _one_line(capsys)
+    assert "interrupted: 1 of 3 new records kept" in err and "run the same command again" in err
     assert signal.getsignal(signal.SIGTERM) is before
     assert len(_records(out)) == 1 and not list(out.glob(".*lock"))
+    monkeypatch.setattr(scoring, "score", score)
+    assert cli.main(argv) == 0
+    assert len(_records(out)) == 3
 
 
 def test_fast_cpu_is_part_of_the_runs_identity(
