@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
+# ruff is pinned to one minor version in setup.cfg: its layout changes between them.
+.venv/bin/ruff format --check . --quiet  # code and the docs' python blocks, one layout
 .venv/bin/python -m mypy --strict --follow-imports=silent --no-error-summary \
     captum_fdcam/__init__.py tests/typing/public_api.py
 exec .venv/bin/python -m pytest "$@"

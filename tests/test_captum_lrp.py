@@ -442,7 +442,5 @@ def test_a_softmax_outside_known_attention_is_an_error_naming_the_module() -> No
     # Told which module computes the attention, it propagates.
     from captum_fdcam.propagation import AttentionRule
 
-    relevance = PropagationLRP(model, rules={_OwnMixer: AttentionRule()}).attribute(
-        x, target=1
-    )
+    relevance = PropagationLRP(model, rules={_OwnMixer: AttentionRule()}).attribute(x, target=1)
     assert torch.isfinite(relevance).all()

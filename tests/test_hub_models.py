@@ -169,8 +169,13 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], str, Callable, Callable, object
         same_back,
         None,
     ),
-    "hf-vit": (_hf_vit, "vit.layers.1.layernorm_before", tokens_to_grid(1, 4), grid_to_tokens(1),
-               TokensToGrid(1, (4, 4))),
+    "hf-vit": (
+        _hf_vit,
+        "vit.layers.1.layernorm_before",
+        tokens_to_grid(1, 4),
+        grid_to_tokens(1),
+        TokensToGrid(1, (4, 4)),
+    ),
     "hf-swin": (
         lambda: _hf(
             transformers.SwinConfig(
@@ -379,7 +384,13 @@ def test_auto_grid_follows_a_non_square_input() -> None:
     layer = model.blocks[1].norm1
     x = torch.randn(1, 3, 24, 40, dtype=torch.float64)  # a 3 x 5 grid of 8 px patches
     naive = naive_map(
-        "Grad-CAM", model, layer, x, 2, _grid_3x5, lambda *_: None  # type: ignore[arg-type]
+        "Grad-CAM",
+        model,
+        layer,
+        x,
+        2,
+        _grid_3x5,
+        lambda *_: None,  # type: ignore[arg-type]
     )
     ours = LayerGradCam(model, layer, reshape_transform="auto").attribute(x, target=2)
     assert ours.shape == (1, 1, 3, 5)
@@ -692,9 +703,10 @@ def test_replay_leaves_nothing_on_the_model_and_copies_made_meanwhile_are_their_
                 parameter.mul_(2)  # its own weights: its outputs change with them
             expected = SmallCNN.forward(clone, x)
             torch.testing.assert_close(clone(x), expected)
-            torch.testing.assert_close(clone.features(x), clone.features[3](
-                clone.features[2](clone.features[1](clone.features[0](x)))
-            ))
+            torch.testing.assert_close(
+                clone.features(x),
+                clone.features[3](clone.features[2](clone.features[1](clone.features[0](x)))),
+            )
         assert not torch.allclose(clone(x), model(x))
 
 
