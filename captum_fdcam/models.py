@@ -206,14 +206,22 @@ def inference_copy(model: nn.Module) -> nn.Module:
 
     Raises:
         ValueError: ``model`` is in training mode (BatchNorm can be folded in eval
-            mode only).
+            mode only), or is not an EfficientNet (none of its convolution and
+            BatchNorm pairs found: nothing would be folded).
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     if model.training:
         raise ValueError("inference_copy needs a model in eval mode: call model.eval() first")
     fast = copy.deepcopy(model)
-    for owner, conv_name, norm_name in _conv_batch_norm_pairs(fast):
+    pairs = _conv_batch_norm_pairs(fast)
+    if not pairs:
+        raise ValueError(
+            f"inference_copy folds an EfficientNet's BatchNorm layers; {type(model).__name__} "
+            "has none of its convolution and BatchNorm pairs (_conv_stem/_bn0, "
+            "_blocks.N._depthwise_conv/_bn1, ...)"
+        )
+    for owner, conv_name, norm_name in pairs:
         conv = fuse_conv_bn_eval(getattr(owner, conv_name), getattr(owner, norm_name))
         pad = getattr(conv, "static_padding", None)
         if isinstance(pad, nn.ZeroPad2d):

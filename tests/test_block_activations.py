@@ -149,3 +149,5 @@ def test_the_inference_copy_computes_the_models_logits_and_leaves_it_unchanged()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ValueError, match="eval mode"):
         inference_copy(model.train())
+    with pytest.raises(ValueError, match="Sequential has none of its convolution"):
+        inference_copy(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval())
