@@ -23,7 +23,6 @@ import os
 import shlex
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +40,7 @@ from _common import (
     measure_calls,
     script_main,
     short_error,
+    warnings_of_first_call,
     write_results,
 )
 
@@ -191,19 +191,7 @@ def run_worker(config: dict[str, Any]) -> dict[str, Any]:
         counts["rows"] += int(args[0].shape[0]) if args and hasattr(args[0], "shape") else 0
 
     counter = model.register_forward_pre_hook(count)
-    caught: list[str] = []
-
-    def first_call() -> Any:
-        with warnings.catch_warnings(record=True) as records:
-            warnings.simplefilter("always")
-            result = call()
-        caught.extend(dict.fromkeys(str(r.message).splitlines()[0] for r in records))
-        return result
-
-    calls = iter([first_call])
-
-    def timed() -> Any:
-        return next(calls, call)()
+    timed, caught = warnings_of_first_call(call, quiet=False)
 
     _, result = measure_calls(
         timed,
