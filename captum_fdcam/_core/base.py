@@ -44,6 +44,7 @@ from captum_fdcam._core.perturbation import (
     batch_rows,
     check_perturbations_per_eval,
     distinct_examples,
+    target_groups,
 )
 from captum_fdcam._core.replay import PreLayerRecorder
 from captum_fdcam._core.validation import (
@@ -139,13 +140,9 @@ def _target_gradients(
     """
     scores = model_scores(output)
     rows = None if target is None else target_rows(target, len(inverse))
-    wanted: list[list[Any]] = [[] for _ in range(max(inverse) + 1)]
-    round_of = []
-    for i, u in enumerate(inverse):
-        t = None if rows is None else rows[i]
-        if t not in wanted[u]:
-            wanted[u].append(t)
-        round_of.append(wanted[u].index(t))
+    per_input, source = target_groups(inverse, rows)
+    wanted = [[None if rows is None else rows[j] for j in examples] for examples in per_input]
+    round_of = [per_input[u].index(source[i]) for i, u in enumerate(inverse)]
     rounds = max(len(w) for w in wanted)
     options = dict(grad_kwargs or {})
     retain = options.pop("retain_graph", None)

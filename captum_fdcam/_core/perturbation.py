@@ -179,6 +179,23 @@ def distinct_examples(inputs: Sequence[Tensor], args: Any = None) -> tuple[list[
     return first, inverse
 
 
+def target_groups(inverse: list[int], rows: list[Any] | None) -> tuple[list[list[int]], list[int]]:
+    """For each distinct input (``inverse``: each example's, :func:`distinct_examples`),
+    its first example of each distinct target, in order; and for each example, the
+    example whose input and target it shares (itself, or an earlier one). ``rows``:
+    each example's target (None: the model's one output)."""
+    seen: dict[tuple[int, Any], int] = {}
+    per_input: list[list[int]] = [[] for _ in range(max(inverse, default=-1) + 1)]
+    source = []
+    for i, u in enumerate(inverse):
+        key = (u, None if rows is None else rows[i])
+        if key not in seen:
+            seen[key] = i
+            per_input[u].append(i)
+        source.append(seen[key])
+    return per_input, source
+
+
 @dataclass(frozen=True)
 class StoredPasses:
     """The outputs of one set of perturbed copies of one input, every class's score

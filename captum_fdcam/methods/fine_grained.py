@@ -48,7 +48,7 @@ from captum_fdcam._core.base import (
     warn_constant_maps,
 )
 from captum_fdcam._core.layout import FeatureLayout, ReshapeSpec
-from captum_fdcam._core.perturbation import PassStore, distinct_examples
+from captum_fdcam._core.perturbation import PassStore, distinct_examples, target_groups
 from captum_fdcam._core.validation import (
     check_bool,
     check_integer,
@@ -123,15 +123,7 @@ def _target_rounds(
     if len(first) == len(inverse):
         return None
     rows = None if target is None else target_rows(target, len(inverse))
-    seen: dict[tuple[int, Any], int] = {}
-    per_input: list[list[int]] = [[] for _ in first]
-    source = []
-    for i, u in enumerate(inverse):
-        key = (u, None if rows is None else rows[i])
-        if key not in seen:
-            seen[key] = i
-            per_input[u].append(i)
-        source.append(seen[key])
+    per_input, source = target_groups(inverse, rows)
     count = max(len(examples) for examples in per_input)
     rounds = [[ex[r] for ex in per_input if r < len(ex)] for r in range(count)]
     return rounds, source
