@@ -50,7 +50,9 @@ Every image of ``--data`` needs a row in the labels file; ``--labelled-only`` sc
 labelled ones and leaves the others out, said in one line. The folder is locked while a
 run writes it (a second run is refused, naming the first), each record is appended
 whole, and Ctrl-C or a full disk stop with one line saying what was kept: the same
-command resumes.
+command resumes. A stopped run leaves the tables of the last run that finished;
+``--tables-only`` rewrites them from every record in ``--out``, computing nothing (and
+is refused while a run writes the folder).
 """
 
 from __future__ import annotations
@@ -567,6 +569,8 @@ def run(request: BenchmarkRequest) -> dict[str, Any] | None:
     from captum_fdcam.app.common import OutputFolder
 
     plan = prepare(request)
+    if request.tables_only:
+        return _tables_only(request, plan)
     rank, world = _distributed()
     import torch
 
@@ -655,6 +659,24 @@ def run(request: BenchmarkRequest) -> dict[str, Any] | None:
         _barrier(world)
         if rank != 0:
             return None
+        return _write_tables(request, plan, out)
+
+
+def _tables_only(request: BenchmarkRequest, plan: Plan) -> dict[str, Any] | None:
+    """``--tables-only``: the tables of the records already in ``--out``."""
+    import contextlib
+
+    from captum_fdcam.records import folder_lock, locked_ranks
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one rank writes
+        return None
+    out = request.out
+    if not out.is_dir() or not read_scores(out).records:
+        raise RequestError(f"--tables-only: no records in {out} to make tables of")
+    with contextlib.ExitStack() as locks:
+        # Every rank's lock: refused while any rank of a run is still appending.
+        for rank in sorted({0} | locked_ranks(out)):
+            locks.enter_context(folder_lock(out, rank))
         return _write_tables(request, plan, out)
 
 

@@ -89,6 +89,7 @@ def benchmark_request(args: argparse.Namespace) -> BenchmarkRequest:
         image_size=args.image_size,
         labelled_only=args.labelled_only,
         fast_cpu=args.fast_cpu,
+        tables_only=args.tables_only,
         progress=not args.quiet,
     )
 
@@ -204,6 +205,10 @@ def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
         "metrics' passes on a copy with BatchNorm folded into the convolutions: about 2x "
         "faster on CPUs, scores equal up to float rounding; part of the run's identity, so "
         "a folder is never resumed the other way (default: off)")  # fmt: skip
+    add("--tables-only", action="store_true", help="compute nothing: write the tables, "
+        "paired differences and plots of the records already in --out, as after a stopped "
+        "run, whose tables are those of the run before; refused while a run writes --out "
+        "(default: off)")  # fmt: skip
     add("--quiet", action="store_true", help="no progress bar (default: a bar per rank)")
 
 

@@ -251,6 +251,14 @@ def folder_lock(out: Path, rank: int = 0) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def locked_ranks(out: Path) -> set[int]:
+    """The ranks whose lock file is in ``out``: those of a run writing it now (or
+    killed before it could remove its file)."""
+    before, after = (re.escape(part) for part in LOCK.split("{rank}"))
+    found = (re.fullmatch(f"{before}(\\d+){after}", p.name) for p in out.iterdir())
+    return {int(m.group(1)) for m in found if m}
+
+
 def _holder(path: Path) -> str:
     try:
         about = json.loads(path.read_text())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captum_fdcam import benchmark, cli
+from captum_fdcam import benchmark, cli, records
 from captum_fdcam.benchmark import DEFAULT_OUT, main, read_scores
 from captum_fdcam.evaluation import LabelsError, read_labels, summarise
 
@@ -166,6 +166,38 @@ def test_a_folder_of_the_older_version_is_refused(
         assert _files(out) == legacy
 
 
+def test_tables_only_writes_the_tables_of_every_record_and_computes_nothing(
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a stopped run leaves: records appended after the last tables were written."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    argv = ["--data", str(photos), *ARGS]
+    _run(capsys, [*argv, "--limit", "3", "--out", str(whole)])
+    _run(capsys, [*argv, "--limit", "1", "--out", str(stopped)])
+    shutil.copy(whole / "scores-rank0.jsonl", stopped)  # 2 records more, tables of 1
+    written = ["tables.json", "tables.md", "paired.json", "paired.md"]
+    assert [(stopped / f).read_bytes() != (whole / f).read_bytes() for f in written] == [
+        True,
+        True,
+        False,  # one method: no pairs
+        False,
+    ]
+    scores = _lines(stopped)
+    # Rank 1 of a run still appending: refused, nothing rewritten.
+    with records.folder_lock(stopped, rank=1):
+        code = main([*argv, "--out", str(stopped), "--tables-only"])
+        assert "is being written by another run" in _one_line_error(capsys, code, benchmark.PROG)
+    assert (stopped / "tables.json").read_bytes() != (whole / "tables.json").read_bytes()
+    printed, _ = _run(capsys, [*argv, "--limit", "1", "--out", str(stopped), "--tables-only"])
+    assert "records to compute" not in printed and printed.rstrip().endswith(f"wrote {stopped}")
+    for name in written:
+        assert (stopped / name).read_bytes() == (whole / name).read_bytes(), name
+    tables = json.loads((stopped / "tables.json").read_text())
+    assert tables["fdcam-table1"]["Grad-CAM"]["insertion"]["n"] == 3
+    assert _lines(stopped) == scores
+    assert not list(stopped.glob(".captum-fdcam-rank*.lock"))
+
+
 def test_the_committed_results_read_back_to_their_tables() -> None:
     folder = REPOSITORY / "benchmarks" / "results" / "paper_tables"
     if not (folder / "tables.json").is_file():
@@ -249,6 +281,7 @@ MISTAKES = {
     "no folder": (["data:none"], "no such folder"),
     "empty folder": (["data:empty"], "no images in"),
     "hidden files only": (["data:hidden"], "no images in"),
+    "tables of no records": (["--tables-only"], "--tables-only: no records in"),
 }
 
 

@@ -104,6 +104,8 @@ class BenchmarkRequest:
             default's up to float rounding (which can move FD-CAM's discrete channel
             grouping). Part of the run's fingerprint, so that a folder's scores are all
             computed one way.
+        tables_only: compute nothing; write the tables of the records already in
+            ``out`` (after a stopped run, whose tables are those of the run before).
         progress: progress bars.
     """
 
@@ -118,4 +120,5 @@ class BenchmarkRequest:
     image_size: int | None = None
     labelled_only: bool = False
     fast_cpu: bool = False
+    tables_only: bool = False
     progress: bool = True
