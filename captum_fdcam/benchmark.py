@@ -671,22 +671,28 @@ def _tables_only(request: BenchmarkRequest, plan: Plan) -> dict[str, Any] | None
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one rank writes
         return None
     out = request.out
-    if not out.is_dir() or not read_scores(out).records:
+    if not out.is_dir():
         raise RequestError(f"--tables-only: no records in {out} to make tables of")
     with contextlib.ExitStack() as locks:
         # Every rank's lock: refused while any rank of a run is still appending.
         for rank in sorted({0} | locked_ranks(out)):
             locks.enter_context(folder_lock(out, rank))
-        return _write_tables(request, plan, out)
+        records = read_scores(out).records
+        if not records:
+            raise RequestError(f"--tables-only: no records in {out} to make tables of")
+        return _write_tables(request, plan, out, records)
 
 
-def _write_tables(request: BenchmarkRequest, plan: Plan, out: Path) -> dict[str, Any]:
-    """The tables of every record in ``out``: JSON, markdown, paired differences, plots."""
+def _write_tables(
+    request: BenchmarkRequest, plan: Plan, out: Path, records: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The tables of every record in ``out`` (``records``: those already read from it):
+    JSON, markdown, paired differences, plots."""
     from captum_fdcam.evaluation.paired import write as write_paired
     from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
 
     records = sorted(
-        read_scores(out).records,
+        read_scores(out).records if records is None else records,
         key=lambda r: (r["table"], r["method"], r["item"], identity(r.get("key"))),
     )
     tables = summarise(records)
