@@ -533,6 +533,27 @@ def test_the_answers_across_models_read_each_models_paired_rows() -> None:
     assert len(detail) == 2 and "+0.050 [+0.050, +0.050]" in detail[0]
 
 
+def test_fd_cam_against_score_cam_is_read_from_the_score_cam_row() -> None:
+    """The paired tables hold Score-CAM - FD-CAM (FD-CAM is a reference); the question
+    FD-CAM - Score-CAM reads that row from the other side: the sign turns, n stays."""
+    results_page = _generator()
+    base = np.random.default_rng(2).uniform(0.3, 0.7, 15)
+    records = [
+        {"table": "fdcam-table1", "method": method, "item": f"img{i}.png",
+         "scores": {"insertion": float(base[i] + delta), "deletion": 0.2}}
+        for method, delta in (("Grad-CAM", 0.0), ("FD-CAM", 0.0), ("Score-CAM", -0.03))
+        for i in range(15)
+    ]  # fmt: skip
+    tables = stats.paired_tables(records)
+    pairs = {(r["method"], r["reference"]) for r in tables["fdcam-table1"]["overall"]}
+    assert ("Score-CAM", "FD-CAM") in pairs and ("FD-CAM", "Score-CAM") not in pairs
+    lines = results_page.across_models({"M": tables})
+    row = next(x for x in lines if x.startswith("| FD-CAM - Score-CAM, overall AUC |"))
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == ["higher (n = 15)", "no scores"]
+    detail = [x for x in lines if x.startswith("| FD-CAM - Score-CAM, overall AUC | M |")]
+    assert len(detail) == 1 and "+0.030 [+0.030, +0.030]" in detail[0]
+
+
 def test_the_page_says_how_each_models_scores_were_computed(tmp_path: Path) -> None:
     results_page = _generator()
     fast, default, bare = (tmp_path / n for n in ("fast", "default", "bare"))
