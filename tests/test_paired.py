@@ -503,23 +503,24 @@ def test_paired_md_lists_each_pair_once(tmp_path: Path) -> None:
         assert (back["wins"], back["losses"]) == (kept["wins"], kept["losses"])
 
 
+def _shifted(table: str, n: int, shifts: dict[str, float], seed: int) -> list[dict[str, Any]]:
+    """Records of ``n`` images in ``table``: each method's insertion is one shared random
+    base plus its shift, deletion 0.2, so every paired difference is a known constant."""
+    base = np.random.default_rng(seed).uniform(0.3, 0.7, n)
+    return [
+        _record(table, method, f"img{i}.png", insertion=float(base[i] + shift), deletion=0.2)
+        for method, shift in shifts.items()
+        for i in range(n)
+    ]
+
+
 def test_the_answers_across_models_read_each_models_paired_rows() -> None:
     """One line per question, one cell per model and layer: the sign where the paired CI
     excludes 0 at n >= 10, "not shown either way" otherwise, "no scores" without rows."""
     results_page = _generator()
-
-    def records(shift: float, n: int, table: str) -> list[dict[str, Any]]:
-        rng = np.random.default_rng(1)
-        base = rng.uniform(0.3, 0.7, n)
-        return [
-            {"table": table, "method": method, "item": f"img{i}.png",
-             "scores": {"insertion": float(base[i] + delta), "deletion": 0.2}}
-            for method, delta in (("Grad-CAM", 0.0), ("FD-CAM", shift))
-            for i in range(n)
-        ]  # fmt: skip
-
-    lite0 = stats.paired_tables(records(0.05, 12, "fdcam-table1"))
-    lite1 = stats.paired_tables(records(0.05, 3, "fdcam-table1/depthwise"))
+    shifts = {"Grad-CAM": 0.0, "FD-CAM": 0.05}
+    lite0 = stats.paired_tables(_shifted("fdcam-table1", 12, shifts, seed=1))
+    lite1 = stats.paired_tables(_shifted("fdcam-table1/depthwise", 3, shifts, seed=1))
     lines = results_page.across_models({"Lite0": lite0, "Lite1": lite1})
     row = next(x for x in lines if x.startswith("| FD-CAM - Grad-CAM, overall AUC |"))
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
@@ -537,14 +538,8 @@ def test_fd_cam_against_score_cam_is_read_from_the_score_cam_row() -> None:
     """The paired tables hold Score-CAM - FD-CAM (FD-CAM is a reference); the question
     FD-CAM - Score-CAM reads that row from the other side: the sign turns, n stays."""
     results_page = _generator()
-    base = np.random.default_rng(2).uniform(0.3, 0.7, 15)
-    records = [
-        {"table": "fdcam-table1", "method": method, "item": f"img{i}.png",
-         "scores": {"insertion": float(base[i] + delta), "deletion": 0.2}}
-        for method, delta in (("Grad-CAM", 0.0), ("FD-CAM", 0.0), ("Score-CAM", -0.03))
-        for i in range(15)
-    ]  # fmt: skip
-    tables = stats.paired_tables(records)
+    shifts = {"Grad-CAM": 0.0, "FD-CAM": 0.0, "Score-CAM": -0.03}
+    tables = stats.paired_tables(_shifted("fdcam-table1", 15, shifts, seed=2))
     pairs = {(r["method"], r["reference"]) for r in tables["fdcam-table1"]["overall"]}
     assert ("Score-CAM", "FD-CAM") in pairs and ("FD-CAM", "Score-CAM") not in pairs
     lines = results_page.across_models({"M": tables})
