@@ -137,8 +137,9 @@ def per_unit(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records with the cells of each GridPG mosaic (items ``mosaic<i>-cell<j>``)
     merged into one record per mosaic (item ``mosaic<i>``), each score the mean of the
     cells' (curves elementwise). A mosaic's four cells share its four images, so they
-    are not independent draws: CIs over cells were too narrow. Other records are kept
-    as they are, in their order."""
+    are not independent draws: CIs over cells were too narrow. A mosaic that a method
+    has only some cells of (a run stopped part way) is left out for that method. Other
+    records are kept as they are, in their order."""
     merged: list[dict[str, Any]] = []
     cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in records:
@@ -151,6 +152,16 @@ def per_unit(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             cells[key] = []
             merged.append({"table": r["table"], "method": r["method"], "item": unit, "of": key})
         cells[key].append(r)
+    # A stopped run can leave a mosaic with only some of its cells scored for one method.
+    # Its mean over those cells is not the mosaic's score, and pairing it with another
+    # method's mean over all cells would compare different things: only complete
+    # mosaics (as many cells as the table's fullest record of that mosaic) are kept.
+    full: dict[tuple[str, str], int] = {}
+    for (table, _, unit), group in cells.items():
+        full[(table, unit)] = max(full.get((table, unit), 0), len(group))
+    merged = [
+        r for r in merged if "of" not in r or len(cells[r["of"]]) == full[(r["of"][0], r["of"][2])]
+    ]
     for i, r in enumerate(merged):
         if "of" not in r:
             continue
