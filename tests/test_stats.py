@@ -110,25 +110,38 @@ def test_a_single_unit_has_no_ci_in_the_statistics() -> None:
     assert not stats.excludes_zero(row) and not stats.claimed(row)
 
 
-def test_per_unit_leaves_out_a_mosaic_a_method_has_only_some_cells_of() -> None:
-    """A run stopped part way through a mosaic: method B has 2 of mosaic1's 4 cells. Its
-    mean over those 2 is not mosaic1's score, so B keeps only mosaic0, and A (complete)
-    keeps both, each the mean of its 4 cells computed here by hand."""
+def _partly_scored_mosaics() -> list[dict[str, Any]]:
+    """GridPG cells of two mosaics: A has all 4 cells of both; B, a run stopped part way,
+    has 2 of mosaic1's. Cell c of mosaic m scores 0.1 m + 0.01 c, +0.5 for B."""
     records = []
     for method, n_cells in (("A", (4, 4)), ("B", (4, 2))):
         for m, count in enumerate(n_cells):
             for c in range(count):
                 value = 0.1 * m + 0.01 * c + (0.5 if method == "B" else 0.0)
+                item = f"mosaic{m}-cell{c}"
+                scores = {"gridpg": value}
                 records.append(
-                    {
-                        "table": "gridpg",
-                        "method": method,
-                        "item": f"mosaic{m}-cell{c}",
-                        "scores": {"gridpg": value},
-                    }
+                    {"table": "gridpg", "method": method, "item": item, "scores": scores}
                 )
+    return records
+
+
+def test_per_unit_leaves_out_a_mosaic_a_method_has_only_some_cells_of() -> None:
+    """A run stopped part way through a mosaic: method B has 2 of mosaic1's 4 cells. Its
+    mean over those 2 is not mosaic1's score, so B keeps only mosaic0, and A (complete)
+    keeps both, each the mean of its 4 cells computed here by hand."""
+    records = _partly_scored_mosaics()
     records.append({"table": "t", "method": "A", "item": "photo.JPEG", "scores": {"x": 1.0}})
     units = {(r["method"], r["item"]): r["scores"] for r in stats.per_unit(records)}
     assert set(units) == {("A", "mosaic0"), ("A", "mosaic1"), ("B", "mosaic0"), ("A", "photo.JPEG")}
     assert units[("A", "mosaic1")]["gridpg"] == pytest.approx(0.1 + 0.015)
     assert units[("B", "mosaic0")]["gridpg"] == pytest.approx(0.5 + 0.015)
+
+
+def test_paired_differences_leave_out_a_partly_scored_mosaic() -> None:
+    """The paired rows read unit_scores: B has 2 of mosaic1's 4 cells, so the pair
+    B - A is over mosaic0 only, whose difference is +0.5 in every cell."""
+    records = _partly_scored_mosaics()
+    units = stats.unit_scores(records)
+    assert set(units[("gridpg", "A")]["gridpg"]) == {"mosaic0", "mosaic1"}
+    assert units[("gridpg", "B")]["gridpg"] == {"mosaic0": pytest.approx(0.5 + 0.015)}

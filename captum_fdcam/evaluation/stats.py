@@ -107,9 +107,19 @@ def unit_scores(records: list[dict[str, Any]]) -> UnitScores:
         unit = unit_of(record["item"])
         for metric, value in values.items():
             slot.setdefault(metric, {}).setdefault(unit, []).append(value)
+    # As in per_unit: a mosaic a method has only some cells of is left out for it.
+    full: dict[tuple[str, str, str], int] = {}
+    for (table, _), metrics in cells.items():
+        for metric, units in metrics.items():
+            for unit, v in units.items():
+                full[(table, metric, unit)] = max(full.get((table, metric, unit), 0), len(v))
     return {
         key: {
-            metric: {unit: sum(v) / len(v) for unit, v in units.items()}
+            metric: {
+                unit: sum(v) / len(v)
+                for unit, v in units.items()
+                if len(v) == full[(key[0], metric, unit)]
+            }
             for metric, units in metrics.items()
         }
         for key, metrics in cells.items()
