@@ -85,13 +85,35 @@ def unit_of(item: str) -> str:
     return match.group(1) if match else item
 
 
+def whole_mosaics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records without the cells of a mosaic that their method has only some cells of
+    (a run stopped part way), "all" being as many distinct cells as the fullest method
+    has of that mosaic in that table. Such a mosaic's mean over the cells it has is not
+    its score, and pairing it with another method's mean over all cells would compare
+    different things, so :func:`unit_scores` and :func:`per_unit` both start here."""
+    have: dict[tuple[str, str, str], set[str]] = {}
+    for r in records:
+        unit = unit_of(r["item"])
+        if unit != r["item"]:
+            have.setdefault((r["table"], r["method"], unit), set()).add(r["item"])
+    full: dict[tuple[str, str], int] = {}
+    for (table, _, unit), items in have.items():
+        full[(table, unit)] = max(full.get((table, unit), 0), len(items))
+    return [
+        r
+        for r in records
+        if (key := (r["table"], r["method"], unit_of(r["item"]))) not in have
+        or len(have[key]) == full[(key[0], key[2])]
+    ]
+
+
 def unit_scores(records: list[dict[str, Any]]) -> UnitScores:
     """Per (table, method): metric -> unit -> score, with ``overall`` (insertion -
     deletion) where both are scored. A mosaic's score is the mean of its cells' scores;
     of records with the same table, method and item the first one counts."""
     cells: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = {}
     seen: set[tuple[str, str, str]] = set()
-    for record in records:
+    for record in whole_mosaics(records):
         triple = (record["table"], record["method"], record["item"])
         if triple in seen:
             continue
@@ -107,19 +129,9 @@ def unit_scores(records: list[dict[str, Any]]) -> UnitScores:
         unit = unit_of(record["item"])
         for metric, value in values.items():
             slot.setdefault(metric, {}).setdefault(unit, []).append(value)
-    # As in per_unit: a mosaic a method has only some cells of is left out for it.
-    full: dict[tuple[str, str, str], int] = {}
-    for (table, _), metrics in cells.items():
-        for metric, units in metrics.items():
-            for unit, v in units.items():
-                full[(table, metric, unit)] = max(full.get((table, metric, unit), 0), len(v))
     return {
         key: {
-            metric: {
-                unit: sum(v) / len(v)
-                for unit, v in units.items()
-                if len(v) == full[(key[0], metric, unit)]
-            }
+            metric: {unit: sum(v) / len(v) for unit, v in units.items()}
             for metric, units in metrics.items()
         }
         for key, metrics in cells.items()
@@ -152,7 +164,7 @@ def per_unit(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     records are kept as they are, in their order."""
     merged: list[dict[str, Any]] = []
     cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in records:
+    for r in whole_mosaics(records):
         unit = unit_of(r["item"])
         if unit == r["item"]:
             merged.append(r)
@@ -162,16 +174,6 @@ def per_unit(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             cells[key] = []
             merged.append({"table": r["table"], "method": r["method"], "item": unit, "of": key})
         cells[key].append(r)
-    # A stopped run can leave a mosaic with only some of its cells scored for one method.
-    # Its mean over those cells is not the mosaic's score, and pairing it with another
-    # method's mean over all cells would compare different things: only complete
-    # mosaics (as many cells as the table's fullest record of that mosaic) are kept.
-    full: dict[tuple[str, str], int] = {}
-    for (table, _, unit), group in cells.items():
-        full[(table, unit)] = max(full.get((table, unit), 0), len(group))
-    merged = [
-        r for r in merged if "of" not in r or len(cells[r["of"]]) == full[(r["of"][0], r["of"][2])]
-    ]
     for i, r in enumerate(merged):
         if "of" not in r:
             continue
