@@ -695,6 +695,7 @@ def page(
     paired tables of other models by title, are given), then per table its text, the
     papers' numbers, the means with CIs, the sentences and the paired table."""
     means = summarise(records)  # per mosaic for mosaic cells, as tables.md
+    set_aside = stats.set_aside_lines(records)
     names = sorted(means, key=_section_order)
 
     def size(t: str) -> str:
@@ -734,6 +735,8 @@ def page(
         lines += ["Here (mean [bootstrap 95% CI over the units]):", ""]
         lines += [*_means_table(means[table]), ""]
         lines += _fewer_units(means[table])
+        if table in set_aside:
+            lines += [set_aside[table], ""]
         lines += _figures(folder, page_path, table)
         rows = tables.get(table, {})
         sentences = [

@@ -690,6 +690,7 @@ def _write_tables(
     JSON, markdown, paired differences, plots."""
     from captum_fdcam.evaluation.paired import write as write_paired
     from captum_fdcam.evaluation.report import markdown, plot_curves, summarise
+    from captum_fdcam.evaluation.stats import set_aside_lines
 
     records = sorted(
         read_scores(out).records if records is None else records,
@@ -703,7 +704,7 @@ def _write_tables(
         f"# Paper tables on {request.data.name} ({title}, {size}x{size}; every "
         "record of the scores files once, however many runs wrote them; n per table below)"
     )
-    text = markdown(tables, header)
+    text = markdown(tables, header, set_aside_lines(records))
     write_text(out / "tables.md", text)
     # The paired differences per image (per mosaic for GridPG) that the results page
     # reads: comparisons are made on these, not on the overlapping per-method CIs.

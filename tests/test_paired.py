@@ -408,6 +408,26 @@ def test_a_method_on_fewer_photos_is_named_and_paired_on_its_photos(tmp_path: Pa
     assert "| Grad-CAM | 20 |" in text and "| Score-CAM | 12 |" in text
 
 
+def test_the_page_names_a_partly_scored_mosaic_it_leaves_out(tmp_path: Path) -> None:
+    """A run stopped after 2 of mosaic2's 4 cells for Score-CAM: the page's GridPG
+    section says that mosaic was left out and why, and its counts are 3 and 2."""
+    lines = []
+    for method in ("Grad-CAM", "Score-CAM"):
+        for k in range(3):
+            for j in range(2 if (method, k) == ("Score-CAM", 2) else 4):
+                rec = _record("gridpg", method, f"mosaic{k}-cell{j}", gridpg=0.3 + 0.01 * j)
+                lines.append(json.dumps(rec))
+    (tmp_path / "scores-rank0.jsonl").write_text("\n".join(lines) + "\n")
+    page = tmp_path / "results.md"
+    tables = _generator().generate(tmp_path, page)
+    assert tables["gridpg"]["gridpg"][0]["n"] == 2
+    text = page.read_text()
+    said = "Left out as partly scored (a run stopped part way through a mosaic): "
+    assert text.count(said) == 1
+    assert f"{said}Score-CAM: mosaic2 (2 of 4 cells)." in text
+    assert "Score-CAM (n = 2)" in text
+
+
 def test_the_ablations_are_headline_answers_against_fd_cam(tmp_path: Path) -> None:
     lines = []
     for i in range(12):

@@ -145,3 +145,20 @@ def test_paired_differences_leave_out_a_partly_scored_mosaic() -> None:
     units = stats.unit_scores(records)
     assert set(units[("gridpg", "A")]["gridpg"]) == {"mosaic0", "mosaic1"}
     assert units[("gridpg", "B")]["gridpg"] == {"mosaic0": pytest.approx(0.5 + 0.015)}
+
+
+def test_partly_scored_mosaics_are_named_not_silently_dropped() -> None:
+    """B has 2 of mosaic1's 4 cells: partly_scored names (2, 4) for it and nothing else,
+    the sentence says so, and tables.md prints it under that table only."""
+    from captum_fdcam.evaluation.report import markdown
+
+    records = _partly_scored_mosaics()
+    records.append({"table": "t", "method": "A", "item": "photo.JPEG", "scores": {"x": 1.0}})
+    assert stats.partly_scored(records) == {("gridpg", "B", "mosaic1"): (2, 4)}
+    lines = stats.set_aside_lines(records)
+    assert set(lines) == {"gridpg"}
+    assert "B: mosaic1 (2 of 4 cells)" in lines["gridpg"]
+    text = markdown(stats.summarise(records), "# h", lines)
+    gridpg, other = text.split("## gridpg")[1].split("## t")
+    assert lines["gridpg"] in gridpg and "partly scored" not in other
+    assert stats.set_aside_lines(stats.whole_mosaics(records)) == {}

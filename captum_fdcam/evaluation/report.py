@@ -45,10 +45,11 @@ def format_cell(metric: str, cell: dict[str, Any], n: int, digits: int = 4) -> s
     return f"{cell['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def markdown(tables: dict[str, Any], header: str) -> str:
+def markdown(tables: dict[str, Any], header: str, set_aside: dict[str, str] | None = None) -> str:
     """The tables as markdown under ``header``: first what each metric measures (which
     direction is better, its unit), then per table a row per method, each cell the
-    mean over images with its bootstrap 95% CI."""
+    mean over images with its bootstrap 95% CI, and ``set_aside[table]`` (what the
+    means leave out, :func:`~captum_fdcam.evaluation.stats.set_aside_lines`) under it."""
     lines = [header, ""]
     names = [
         k
@@ -83,6 +84,8 @@ def markdown(tables: dict[str, Any], header: str) -> str:
         on_mosaics = bool(set(keys) & set(mosaic_metrics()))
         unit = " mosaics, each the mean of its 4 cells" if on_mosaics else ""
         lines += ["", f"n = {n}{unit}{note} (mean [bootstrap 95% CI])", ""]
+        if set_aside and table in set_aside:
+            lines += [set_aside[table], ""]
     return "\n".join(lines)
 
 

@@ -85,12 +85,10 @@ def unit_of(item: str) -> str:
     return match.group(1) if match else item
 
 
-def whole_mosaics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records without the cells of a mosaic that their method has only some cells of
-    (a run stopped part way), "all" being as many distinct cells as the fullest method
-    has of that mosaic in that table. Such a mosaic's mean over the cells it has is not
-    its score, and pairing it with another method's mean over all cells would compare
-    different things, so :func:`unit_scores` and :func:`per_unit` both start here."""
+def partly_scored(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """Per (table, method, mosaic) that the method has only some cells of (a run stopped
+    part way): (distinct cells it has, cells of the fullest method), "fullest" being the
+    method with the most distinct cells of that mosaic in that table."""
     have: dict[tuple[str, str, str], set[str]] = {}
     for r in records:
         unit = unit_of(r["item"])
@@ -99,12 +97,39 @@ def whole_mosaics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     full: dict[tuple[str, str], int] = {}
     for (table, _, unit), items in have.items():
         full[(table, unit)] = max(full.get((table, unit), 0), len(items))
-    return [
-        r
-        for r in records
-        if (key := (r["table"], r["method"], unit_of(r["item"]))) not in have
-        or len(have[key]) == full[(key[0], key[2])]
-    ]
+    return {
+        key: (len(items), full[(key[0], key[2])])
+        for key, items in have.items()
+        if len(items) < full[(key[0], key[2])]
+    }
+
+
+def whole_mosaics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records without the cells of the mosaics in :func:`partly_scored`. Such a
+    mosaic's mean over the cells it has is not its score, and pairing it with another
+    method's mean over all cells would compare different things, so
+    :func:`unit_scores` and :func:`per_unit` both start here; the renderers name what
+    was set aside (:func:`set_aside_lines`)."""
+    partial = partly_scored(records)
+    return [r for r in records if (r["table"], r["method"], unit_of(r["item"])) not in partial]
+
+
+def set_aside_lines(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Per table, a sentence naming the partly scored mosaics left out of its means and
+    paired rows (none: the table is absent), so that a count lower than the cells on
+    disk is said, not silent."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for (table, method, unit), (have, full) in sorted(partly_scored(records).items()):
+        grouped.setdefault((table, method), []).append(f"{unit} ({have} of {full} cells)")
+    lines: dict[str, list[str]] = {}
+    for (table, method), units in grouped.items():
+        lines.setdefault(table, []).append(f"{method}: {', '.join(units)}")
+    return {
+        table: "Left out as partly scored (a run stopped part way through a mosaic): "
+        + "; ".join(parts)
+        + "."
+        for table, parts in lines.items()
+    }
 
 
 def unit_scores(records: list[dict[str, Any]]) -> UnitScores:
