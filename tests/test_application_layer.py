@@ -35,6 +35,7 @@ from captum_fdcam.evaluation import (
 )
 from captum_fdcam.evaluation.metric_info import per_image_metrics
 from captum_fdcam.evaluation.metrics import pixel_ranking
+from captum_fdcam.evaluation.stats import set_aside_lines
 from captum_fdcam.loading import LoadedModel, resolve_layer
 from captum_fdcam.models import preprocess, read_rgb
 
@@ -187,7 +188,7 @@ def test_the_committed_tables_regenerate_from_the_scores() -> None:
     tables = summarise(records)
     assert json.dumps(tables, indent=1) == (folder / "tables.json").read_text()
     committed = (folder / "tables.md").read_text()
-    text = markdown(tables, committed.partition("\n")[0])
+    text = markdown(tables, committed.partition("\n")[0], set_aside_lines(records))
     legend = [x for x in text.splitlines() if x.startswith("- ")]
     named = {k for rows in tables.values() for row in rows.values() for k in row}
     described = {m for m in named if m in METRICS}
