@@ -422,7 +422,10 @@ def test_the_page_names_a_partly_scored_mosaic_it_leaves_out(tmp_path: Path) -> 
     tables = _generator().generate(tmp_path, page)
     assert tables["gridpg"]["gridpg"][0]["n"] == 2
     text = page.read_text()
-    said = "Left out as partly scored (a run stopped part way through a mosaic): "
+    said = (
+        "Left out as partly scored (fewer cells than another method has of the mosaic, "
+        "as when a run stops part way through it): "
+    )
     assert text.count(said) == 1
     assert f"{said}Score-CAM: mosaic2 (2 of 4 cells)." in text
     assert "Score-CAM (n = 2)" in text

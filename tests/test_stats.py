@@ -162,3 +162,23 @@ def test_partly_scored_mosaics_are_named_not_silently_dropped() -> None:
     gridpg, other = text.split("## gridpg")[1].split("## t")
     assert lines["gridpg"] in gridpg and "partly scored" not in other
     assert stats.set_aside_lines(stats.whole_mosaics(records)) == {}
+
+
+def test_partly_scored_mosaics_are_named_in_numeric_order() -> None:
+    """B has 1 of 4 cells of mosaic10 and of mosaic2: the sentence names mosaic2 first,
+    as a reader counts, not as text sorts ("mosaic10" < "mosaic2")."""
+    records = []
+    for method, have in (("A", 4), ("B", 1)):
+        for m in (10, 2):
+            for c in range(have):
+                item = f"mosaic{m}-cell{c}"
+                scores = {"gridpg": 0.5}
+                records.append(
+                    {"table": "gridpg", "method": method, "item": item, "scores": scores}
+                )
+    line = stats.set_aside_lines(records)["gridpg"]
+    assert line == (
+        "Left out as partly scored (fewer cells than another method has of the mosaic, "
+        "as when a run stops part way through it): "
+        "B: mosaic2 (1 of 4 cells), mosaic10 (1 of 4 cells)."
+    )
